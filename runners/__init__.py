@@ -1,0 +1,1 @@
+"""Runners: tarpipe composed with the Docker SDK."""

@@ -1,0 +1,1 @@
+"""tarpipe: exact, streaming, safe tar pipes for code sandboxes."""
