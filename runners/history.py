@@ -109,11 +109,14 @@ def _add_tree(node: _Node, objects: list[ShaFile]) -> ObjectID:
 
 
 def walk(
-    store: BaseObjectStore, head: ObjectID | None
+    store: BaseObjectStore, head: ObjectID | None, limit: int | None = None
 ) -> list[HistoryEntry]:
-    """The commits reachable from `head` by first parents, oldest first."""
-    entries = []
-    while head is not None:
+    """The commits reachable from `head` by first parents, oldest first.
+
+    With `limit`, only that many of the newest.
+    """
+    entries: list[HistoryEntry] = []
+    while head is not None and (limit is None or len(entries) < limit):
         commit = store[head]
         assert isinstance(commit, Commit)
         entries.append(HistoryEntry(
@@ -186,6 +189,12 @@ class HostHistory:
         """Every commit, oldest first."""
         with Repo(str(self.path), bare=True) as repo:
             return walk(repo.object_store, _head(repo))
+
+    def latest(self) -> HistoryEntry | None:
+        """The newest commit, None before the first."""
+        with Repo(str(self.path), bare=True) as repo:
+            newest = walk(repo.object_store, _head(repo), limit=1)
+        return newest[0] if newest else None
 
 
 def _head(repo: Repo) -> ObjectID | None:

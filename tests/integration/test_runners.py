@@ -1,0 +1,247 @@
+"""The three runners against the real engine: step 3 of the design note.
+
+The C kata in examples/c-kata has 24 modules and a makefile; `make`
+prints every compiler command it runs, so the output of a run says
+exactly which objects were rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from runners import (
+    KatasDataContainerRunner,
+    KatasVolumeRunner,
+    RunResult,
+    TmpRunner,
+)
+from runners.errors import BadRequestError, ImageNotFoundError
+from runners.images import BUSYBOX, GCC
+from tarpipe import NOBODY, Owner, UnsafeMemberError
+
+pytestmark = pytest.mark.docker
+
+KATA = Path(__file__).parents[2] / "examples" / "c-kata"
+OUTSIDE = Owner(4321, 4321, "cyber-dojo", "cyber-dojo")
+COMPILED = re.compile(r"-c (\S+)\.c -o")
+
+
+def kata_files() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(KATA.iterdir())}
+
+
+def compiled(result: RunResult) -> list[str]:
+    return sorted(COMPILED.findall(result.stdout))
+
+
+def edited(files: dict[str, bytes], name: str) -> dict[str, bytes]:
+    changed = dict(files)
+    # A new function, so the object (not only the source) differs.
+    changed[name] = files[name] + b"\nint edited(void) { return 7; }\n"
+    assert changed[name] != files[name]
+    return changed
+
+
+@pytest.fixture
+def kata_id(request: pytest.FixtureRequest) -> str:
+    return f"t{os.getpid()}-{request.node.name[:30]}".replace("[", "-").strip("]")
+
+
+@pytest.fixture
+def volume_runner(docker_client: docker.DockerClient,
+                  tmp_path: Path) -> Iterator[KatasVolumeRunner]:
+    with KatasVolumeRunner(tmp_path / "katas", docker_client,
+                           owner=OUTSIDE) as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def katas_volume(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A volume of this test process; it and its data container go after."""
+    name = f"tarpipe-test-{os.getpid()}"
+    yield name
+    try:
+        docker_client.containers.get(f"{name}-data").remove(force=True)
+    finally:
+        docker_client.volumes.get(name).remove(force=True)
+
+
+@pytest.fixture
+def data_runner(docker_client: docker.DockerClient, katas_volume: str
+                ) -> Iterator[KatasDataContainerRunner]:
+    with KatasDataContainerRunner(katas_volume, docker_client,
+                                  owner=OUTSIDE) as runner:
+        yield runner
+
+
+@pytest.fixture(params=["katas-volume", "katas-data-container"])
+def katas_runner(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(
+        "volume_runner" if request.param == "katas-volume" else "data_runner")
+
+
+def test_incremental_builds_survive_from_run_to_run(
+    katas_runner: Any, kata_id: str
+) -> None:
+    files = kata_files()
+    full = katas_runner.run(kata_id, GCC, files)
+    assert full.status == 0, full.stderr
+    assert len(compiled(full)) == 25
+    assert "total 300" in full.stdout
+
+    again = katas_runner.run(kata_id, GCC, files)
+    assert again.status == 0, again.stderr
+    assert compiled(again) == []
+
+    one = katas_runner.run(kata_id, GCC, edited(files, "step07.c"))
+    assert one.status == 0, one.stderr
+    assert compiled(one) == ["step07"]
+    assert set(one.changed) == {"step07.o", "hiker"}
+
+
+def test_a_source_edited_in_the_second_its_object_was_built_is_rebuilt(
+    katas_runner: Any, kata_id: str
+) -> None:
+    files = kata_files()
+    assert katas_runner.run(kata_id, GCC, files).status == 0
+    built = katas_runner.snapshot(kata_id)["step11.o"].mtime_ns
+    # The edit is stamped one nanosecond after the object: the same second,
+    # so only an exact mtime tells make that the object is out of date.
+    katas_runner.clock = lambda: built + 1
+    assert built // 10**9 == (built + 1) // 10**9
+
+    result = katas_runner.run(kata_id, GCC, edited(files, "step11.c"))
+    assert result.status == 0, result.stderr
+    assert compiled(result) == ["step11"]
+
+
+def test_a_timed_out_run_leaves_the_data_container_kata_as_it_was(
+    data_runner: KatasDataContainerRunner, kata_id: str
+) -> None:
+    files = kata_files()
+    assert data_runner.run(kata_id, GCC, files).status == 0
+    before = data_runner.snapshot(kata_id)
+
+    hostile = dict(edited(files, "step03.c"))
+    hostile["cyber-dojo.sh"] = (b"make >/dev/null; echo junk > new.txt; "
+                                b"rm -f step05.o; echo x >> hiker.c; sleep 60\n")
+    result = data_runner.run(kata_id, GCC, hostile, max_seconds=2)
+    assert result.timed_out
+
+    after = data_runner.snapshot(kata_id)
+    written = {"step03.c", "cyber-dojo.sh"}
+    assert {p: s for p, s in after.items() if p not in written} == \
+        {p: s for p, s in before.items() if p not in written}
+    assert after.keys() == before.keys()
+    assert after["step03.c"].digest != before["step03.c"].digest
+
+
+def test_a_timed_out_run_leaves_what_it_wrote_in_a_volume_kata(
+    volume_runner: KatasVolumeRunner, kata_id: str
+) -> None:
+    script = b"echo partial > half-done.txt; sleep 60\n"
+    result = volume_runner.run(kata_id, BUSYBOX, {"cyber-dojo.sh": script},
+                               max_seconds=1)
+    assert result.timed_out
+    # The documented weakness of running in place: nothing is undone.
+    assert "half-done.txt" in volume_runner.snapshot(kata_id)
+
+
+def test_tmp_runner_has_only_the_visible_files_all_brand_new(
+    docker_client: docker.DockerClient, kata_id: str
+) -> None:
+    files = {"cyber-dojo.sh": b"find . -print | sort; stat -c '%Y %n' *\n",
+             "notes.txt": b"hello\n", "src/a.c": b"int a;\n"}
+    started = time.time()
+    with TmpRunner(docker_client) as runner:
+        result = runner.run(kata_id, BUSYBOX, files)
+
+    assert result.status == 0, result.stderr
+    listing, stamps = result.stdout.split("\n", 5)[:5], result.stdout
+    assert listing == [".", "./cyber-dojo.sh", "./notes.txt", "./src",
+                       "./src/a.c"]
+    for line in stamps.splitlines()[5:]:
+        seconds, name = line.split(" ", 1)
+        assert int(seconds) >= int(started), name
+
+
+def test_files_are_nobody_inside_and_the_outside_owner_outside(
+    katas_runner: Any, kata_id: str
+) -> None:
+    script = b"stat -c '%u:%g %n' *; echo made > made.txt\n"
+    result = katas_runner.run(kata_id, BUSYBOX, {"cyber-dojo.sh": script})
+    assert result.status == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{NOBODY.uid}:{NOBODY.gid} cyber-dojo.sh"]
+    assert result.created == ("made.txt",)
+    owners = outside_owners(katas_runner, kata_id)
+    assert set(owners) == {"cyber-dojo.sh", "made.txt"}
+    if os.geteuid() == 0 or isinstance(katas_runner, KatasDataContainerRunner):
+        assert set(owners.values()) == {f"{OUTSIDE.uid}:{OUTSIDE.gid}"}
+
+
+def outside_owners(runner: Any, kata_id: str) -> dict[str, str]:
+    """Each sandbox file's "uid:gid" as seen from outside the run."""
+    if isinstance(runner, KatasVolumeRunner):
+        sandbox = runner.katas_root / kata_id / "sandbox"
+        return {str(p.relative_to(sandbox)):
+                f"{p.lstat().st_uid}:{p.lstat().st_gid}"
+                for p in sandbox.rglob("*")}
+    data = runner.client.containers.get(f"{runner.volume}-data")
+    listing = data.exec_run(
+        ["find", f"/katas/{kata_id}/sandbox/", "-mindepth", "1",
+         "-printf", "%U:%G %P\\n"]).output.decode()
+    return {name: ids for ids, name in
+            (line.split(" ", 1) for line in listing.splitlines())}
+
+
+def test_history_has_one_commit_per_run_with_exactly_its_visible_files(
+    katas_runner: Any, kata_id: str
+) -> None:
+    runs = [
+        {"cyber-dojo.sh": b"echo one\n", "a.txt": b"1"},
+        {"cyber-dojo.sh": b"echo two\n", "a.txt": b"2", "b.txt": b"b"},
+        {"cyber-dojo.sh": b"sleep 30\n", "b.txt": b"b"},
+    ]
+    for files in runs:
+        katas_runner.run(kata_id, BUSYBOX, files, max_seconds=1)
+
+    history = katas_runner.history(kata_id)
+    assert [dict(entry.files) for entry in history] == runs
+    assert history[2].message.startswith("timed out")
+    assert history[0].message.startswith("exit status 0")
+
+
+@pytest.mark.parametrize("kata_id, files, max_seconds, error", [
+    ("../up", {"cyber-dojo.sh": ""}, 10, BadRequestError),
+    ("ok", {"cyber-dojo.sh": "", "../x": ""}, 10, UnsafeMemberError),
+    ("ok", {"cyber-dojo.sh": "", "/etc/x": ""}, 10, UnsafeMemberError),
+    ("ok", {"main.c": ""}, 10, BadRequestError),
+    ("ok", {"cyber-dojo.sh": ""}, 0, BadRequestError),
+    ("ok", {"cyber-dojo.sh": ""}, -1, BadRequestError),
+])
+def test_bad_requests_are_refused_before_any_container_starts(
+    docker_client: docker.DockerClient, tmp_path: Path, kata_id: str,
+    files: dict[str, str], max_seconds: float, error: type[Exception],
+) -> None:
+    with TmpRunner(docker_client) as runner, pytest.raises(error):
+        runner.run(kata_id, BUSYBOX, files, max_seconds=max_seconds)
+    with KatasVolumeRunner(tmp_path, docker_client) as runner, \
+            pytest.raises(error):
+        runner.run(kata_id, BUSYBOX, files, max_seconds=max_seconds)
+    assert not (tmp_path / kata_id).exists()
+
+
+def test_a_missing_image_is_named_in_the_error(
+    docker_client: docker.DockerClient,
+) -> None:
+    with TmpRunner(docker_client) as runner, \
+            pytest.raises(ImageNotFoundError, match="no-such/image:0"):
+        runner.run("k", "no-such/image:0", {"cyber-dojo.sh": ""})
