@@ -30,6 +30,7 @@ import json
 import logging
 import secrets
 import shlex
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class KatasDataContainerRunner:
         self.clock = clock
         self._locks = KataLocks()
         self._data: str | None = None
+        self._data_lock = threading.Lock()
 
     # -- the public calls ------------------------------------------------
 
@@ -272,8 +274,12 @@ class KatasDataContainerRunner:
 
     def _data_container(self) -> str:
         """The id of the data container holding the volume, made on first use."""
-        if self._data is not None:
+        with self._data_lock:
+            if self._data is None:
+                self._data = self._start_data_container()
             return self._data
+
+    def _start_data_container(self) -> str:
         require_image(self.client, self.data_image)
         name = f"{self.volume}-data"
         try:
@@ -282,8 +288,8 @@ class KatasDataContainerRunner:
             container = self._create_data_container(name)
         if container.status != "running":
             container.start()
-        self._data = cast(str, container.id)
-        return self._data
+        log.debug("data container %s holds volume %s", name, self.volume)
+        return cast(str, container.id)
 
     def _create_data_container(self, name: str) -> Container:
         try:

@@ -7,14 +7,17 @@ exactly which objects were rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from runners import (
@@ -68,10 +71,10 @@ def katas_volume(docker_client: docker.DockerClient) -> Iterator[str]:
     """A volume of this test process; it and its data container go after."""
     name = f"tarpipe-test-{os.getpid()}"
     yield name
-    try:
-        docker_client.containers.get(f"{name}-data").remove(force=True)
-    finally:
-        docker_client.volumes.get(name).remove(force=True)
+    for remove in (lambda: docker_client.containers.get(f"{name}-data"),
+                   lambda: docker_client.volumes.get(name)):
+        with contextlib.suppress(docker.errors.NotFound):
+            remove().remove(force=True)
 
 
 @pytest.fixture
@@ -245,3 +248,22 @@ def test_a_missing_image_is_named_in_the_error(
     with TmpRunner(docker_client) as runner, \
             pytest.raises(ImageNotFoundError, match="no-such/image:0"):
         runner.run("k", "no-such/image:0", {"cyber-dojo.sh": ""})
+
+
+def test_runs_of_one_kata_take_turns_and_other_katas_run_meanwhile(
+    katas_runner: Any, kata_id: str
+) -> None:
+    """Each run notes when it started and ended: one kata's never overlap."""
+    script = (b"date +%s.%N > started; sleep 1; date +%s.%N > ended; "
+              b"cat started ended\n")
+    files = {"cyber-dojo.sh": script}
+    jobs = [(kata_id, files), (kata_id, files), (kata_id + "-other", files)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(
+            lambda job: katas_runner.run(job[0], GCC, job[1]), jobs))
+
+    spans = [tuple(map(float, r.stdout.split())) for r in results]
+    assert all(r.status == 0 for r in results), [r.stderr for r in results]
+    first, second, other = spans
+    assert first[1] <= second[0] or second[1] <= first[0], spans
+    assert other[0] < max(first[1], second[1]), spans
