@@ -1,6 +1,6 @@
 """The main job: a real C kata through the katas-data-container runner.
 
-Run 1 builds all 25 objects; run 2, after one .c changes, rebuilds just
+Run 1 builds all 41 objects; run 2, after one .c changes, rebuilds just
 that one: the object files, kept in the kata's Docker volume and piped
 through a fresh container each time with nanosecond mtimes, are still
 up to date for make.  Prints both runs' output and timings, and the

@@ -28,6 +28,22 @@ int main(void)
     total = step22(total);
     total = step23(total);
     total = step24(total);
-    printf("total %d, expected %d\n", total, 300);
-    return total == 300 ? 0 : 1;
+    total = step25(total);
+    total = step26(total);
+    total = step27(total);
+    total = step28(total);
+    total = step29(total);
+    total = step30(total);
+    total = step31(total);
+    total = step32(total);
+    total = step33(total);
+    total = step34(total);
+    total = step35(total);
+    total = step36(total);
+    total = step37(total);
+    total = step38(total);
+    total = step39(total);
+    total = step40(total);
+    printf("total %d, expected 820\n", total);
+    return total == 820 ? 0 : 1;
 }

@@ -25,5 +25,21 @@ int step21(int total);
 int step22(int total);
 int step23(int total);
 int step24(int total);
+int step25(int total);
+int step26(int total);
+int step27(int total);
+int step28(int total);
+int step29(int total);
+int step30(int total);
+int step31(int total);
+int step32(int total);
+int step33(int total);
+int step34(int total);
+int step35(int total);
+int step36(int total);
+int step37(int total);
+int step38(int total);
+int step39(int total);
+int step40(int total);
 
 #endif
