@@ -17,7 +17,7 @@ from .errors import BadRequestError
 
 __all__ = ["RunResult", "check_request"]
 
-_KATA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+KATA_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SCRIPT = "cyber-dojo.sh"
 # `sh -c` rather than executing the script directly: a cyber-dojo.sh
 # without a #! line is then still run by the shell (ENOEXEC fallback).
@@ -82,7 +82,7 @@ def run_message(run: ExecResult) -> str:
 
 def check_kata_id(kata_id: str) -> None:
     """Refuse a kata id that could name anything but one kata's folder."""
-    if not isinstance(kata_id, str) or not _KATA_ID.fullmatch(kata_id):
+    if not isinstance(kata_id, str) or not KATA_ID_PATTERN.fullmatch(kata_id):
         raise BadRequestError(
             f"kata id {kata_id!r} is not a plain identifier "
             "(letters, digits, '_' and '-', at most 64, not first '-')")

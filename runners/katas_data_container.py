@@ -48,6 +48,7 @@ from tarpipe.filediff import FileDiff, FileState, diff
 from tarpipe.memory import unpack_files
 
 from ._base import (
+    KATA_ID_PATTERN,
     RUN_COMMAND,
     Clock,
     KataLocks,
@@ -165,6 +166,15 @@ class KatasDataContainerRunner:
                        record=record):
             pass  # the record is what is wanted
         return record
+
+    def kata_ids(self) -> list[str]:
+        """The ids of the katas in the volume, sorted."""
+        script = (f"cd {KATAS} && for name in *; do "
+                  '[ -d "$name" ] && printf "%s\\n" "$name"; done; true')
+        output = b"".join(exec_out(self.client, self._data_container(),
+                                   ["sh", "-c", script]))
+        names = output.decode("utf-8", "replace").splitlines()
+        return sorted(name for name in names if KATA_ID_PATTERN.fullmatch(name))
 
     # -- one run -----------------------------------------------------------
 
