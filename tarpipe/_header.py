@@ -8,6 +8,7 @@ written from and parsed into integers.
 
 from __future__ import annotations
 
+import functools
 import re
 import tarfile
 from enum import Enum
@@ -23,6 +24,8 @@ ENCODING = "utf-8"
 ERRORS = "surrogateescape"
 
 _MTIME_TEXT = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+# What tarfile writes in the ustar block before a member's PAX records.
+_NO_OWNER = Owner(0, 0)
 
 
 class Kind(Enum):
@@ -80,18 +83,92 @@ def member_header(
 
     The result depends on its arguments only: no clock, no host lookups.
     """
+    size = size if kind is Kind.FILE else 0
+    header = _plain_header(name, kind, mode & 0o7777, mtime_ns, owner, size,
+                           linkname)
+    if header is None:
+        header = _tarfile_header(name, kind, mode & 0o7777, mtime_ns, owner,
+                                 size, linkname)
+    return header
+
+
+def _tarfile_header(name: str, kind: Kind, mode: int, mtime_ns: int,
+                    owner: Owner, size: int, linkname: str) -> bytes:
+    """The header as `tarfile` writes it, whatever the fields hold."""
     info = tarfile.TarInfo(name)
     info.type = kind.value
-    info.mode = mode & 0o7777
-    info.size = size if kind is Kind.FILE else 0
+    info.mode = mode
+    info.size = size
     info.linkname = linkname
     info.uid, info.gid = owner.uid, owner.gid
     info.uname, info.gname = owner.uname, owner.gname
-    # The ustar field holds whole seconds (0 when out of its range); the
-    # PAX record, which readers prefer, holds the exact value.
-    info.mtime = max(0, min(mtime_ns // NS_PER_SECOND, 8**11 - 1))
+    info.mtime = _ustar_seconds(mtime_ns)
     info.pax_headers = {"mtime": format_mtime(mtime_ns)}
     return info.tobuf(tarfile.PAX_FORMAT, ENCODING, ERRORS)
+
+
+def _plain_header(name: str, kind: Kind, mode: int, mtime_ns: int,
+                  owner: Owner, size: int, linkname: str) -> bytes | None:
+    """The same bytes as `_tarfile_header`, in a fifth of the time.
+
+    Only for what every sandbox member is: ASCII names and link targets
+    that fit their ustar fields, ids and size in range, so the only PAX
+    record is the mtime.  None for anything else.
+    """
+    if kind is Kind.DIRECTORY and not name.endswith("/"):
+        name += "/"  # as tarfile does
+    if not (_fits(name, 100) and _fits(linkname, 100)
+            and _fits(owner.uname, 32) and _fits(owner.gname, 32)
+            and owner.uid < 8**7 and owner.gid < 8**7
+            and 0 <= size < 8**11):
+        return None
+    record = _pax_record(b"mtime", format_mtime(mtime_ns).encode())
+    ustar = _ustar_block(name, kind.value, mode, owner, size,
+                         _ustar_seconds(mtime_ns), linkname)
+    return _pax_block(len(record)) + record + padding(len(record)) + ustar
+
+
+def _fits(text: str, length: int) -> bool:
+    return text.isascii() and len(text) <= length
+
+
+def _ustar_seconds(mtime_ns: int) -> int:
+    # The ustar field holds whole seconds (0 when out of its range); the
+    # PAX record, which readers prefer, holds the exact value.
+    return max(0, min(mtime_ns // NS_PER_SECOND, 8**11 - 1))
+
+
+def _pax_record(keyword: bytes, value: bytes) -> bytes:
+    """`b"<length> <keyword>=<value>\\n"`, the length counting itself.
+
+    The length is found as `tarfile` finds it, so the bytes agree even
+    where adding its digits adds a digit.
+    """
+    rest = len(keyword) + len(value) + 3  # space, '=' and newline
+    length = 0
+    while length != rest + len(str(length)):
+        length = rest + len(str(length))
+    return b"%d %s=%s\n" % (length, keyword, value)
+
+
+@functools.lru_cache(maxsize=64)
+def _pax_block(size: int) -> bytes:
+    """The ustar block before `size` bytes of PAX records."""
+    return _ustar_block("././@PaxHeader", tarfile.XHDTYPE, 0, _NO_OWNER,
+                        size, 0, "")
+
+
+def _ustar_block(name: str, kind: bytes, mode: int, owner: Owner,
+                 size: int, seconds: int, linkname: str) -> bytes:
+    """One ustar header block; every field must fit as it is."""
+    block = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0        %s%s%s%s%s" % (
+        name.encode("ascii").ljust(100, b"\0"), mode, owner.uid, owner.gid,
+        size, seconds, kind, linkname.encode("ascii").ljust(100, b"\0"),
+        tarfile.POSIX_MAGIC, owner.uname.encode("ascii").ljust(32, b"\0"),
+        owner.gname.encode("ascii").ljust(32, b"\0"))
+    block = block.ljust(BLOCK, b"\0")
+    # The checksum sums the block with its own field as eight spaces.
+    return b"%s%06o\0%s" % (block[:148], sum(block), block[155:])
 
 
 def padding(size: int) -> bytes:
