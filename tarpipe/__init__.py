@@ -8,6 +8,7 @@ here knows about containers; the `runners` package composes it with the
 Docker SDK.
 """
 
+from ._stream import TarStream, concat
 from .errors import (
     ArchiveError,
     LimitExceededError,
@@ -34,7 +35,9 @@ __all__ = [
     "StreamConsumedError",
     "SwapError",
     "TarPipeError",
+    "TarStream",
     "UnsafeMemberError",
+    "concat",
     "diff",
     "pack_dir",
     "pack_files",

@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 
+from ._header import END_OF_ARCHIVE
 from .errors import StreamConsumedError
 
-__all__ = ["TarStream"]
+__all__ = ["TarStream", "concat"]
+
+Members = Generator[bytes, None, None]
 
 
 class TarStream(Iterator[bytes]):
     """The chunks of one tar archive, produced lazily, readable once.
 
-    The bytes come from a generator that reads files as it goes, so they
-    cannot be replayed.  The first `iter()` hands that generator out; a
-    later one raises `StreamConsumedError` rather than yielding what is
-    left, which a second reader would take for a whole (or empty)
-    archive.  `next()` on the stream itself also works, and counts as
-    starting to read it.
+    The bytes come from a generator of members that reads files as it
+    goes, so they cannot be replayed: `iter()` after reading has started
+    raises `StreamConsumedError` rather than yielding nothing, which a
+    caller would take for an empty archive.  The end-of-archive blocks
+    follow the last member only if every member was produced: a stream
+    cut short by an error is never a plausible whole archive.
     """
 
-    def __init__(self, chunks: Generator[bytes, None, None]) -> None:
-        self._chunks = chunks
+    def __init__(self, members: Members) -> None:
+        self._members = members
+        self._chunks = self._archive()
         self._started = False
 
     def __iter__(self) -> Iterator[bytes]:
         if self._started:
-            raise StreamConsumedError(
-                "this tar stream has already been read; pack the sandbox "
-                "again to get a new one")
+            raise _consumed()
         self._started = True
         return self._chunks
 
@@ -40,3 +42,36 @@ class TarStream(Iterator[bytes]):
         """Stop early, closing any file the stream has open."""
         self._started = True
         self._chunks.close()
+        self._members.close()
+
+    def _archive(self) -> Members:
+        yield from self._members
+        yield END_OF_ARCHIVE
+
+    def _take_members(self) -> Members:
+        """The members without the end blocks, for `concat`; reads it."""
+        if self._started:
+            raise _consumed()
+        self._started = True
+        return self._members
+
+
+def concat(*streams: TarStream) -> TarStream:
+    """One archive of the members of `streams`, in order, read once.
+
+    Each stream is read only as the result is; the end-of-archive blocks
+    come once, after the last member of the last stream.
+    """
+    bodies = [stream._take_members() for stream in streams]
+
+    def members() -> Members:
+        for body in bodies:
+            yield from body
+
+    return TarStream(members())
+
+
+def _consumed() -> StreamConsumedError:
+    return StreamConsumedError(
+        "this tar stream has already been read; pack the sandbox again "
+        "to get a new one")

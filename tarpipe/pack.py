@@ -24,7 +24,7 @@ import stat
 from collections.abc import Generator, Iterator, Mapping
 from typing import Final
 
-from ._header import END_OF_ARCHIVE, Kind, member_header, padding
+from ._header import Kind, member_header, padding
 from ._stream import TarStream
 from .errors import LimitExceededError, TarPipeError, UnsafeMemberError
 from .filediff import FileState
@@ -122,7 +122,6 @@ class _TreePacker:
                     levels.append((member + "/", _listing(fds[-1])))
                 else:
                     yield from self._leaf(fds[-1], entry, member)
-            yield END_OF_ARCHIVE
         finally:
             for fd in fds:
                 os.close(fd)
@@ -299,7 +298,6 @@ def pack_files(
                 yield from _framed(header(member, Kind.FILE, state), data)
             if record is not None:
                 record[member] = state
-        yield END_OF_ARCHIVE
 
     def header(member: str, kind: Kind, state: FileState) -> bytes:
         return member_header(member, kind, mode=state.mode, mtime_ns=mtime_ns,

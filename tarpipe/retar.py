@@ -14,7 +14,7 @@ from collections.abc import Generator
 from typing import Final
 
 from ._checks import CheckContext, check_member, member_kind
-from ._header import END_OF_ARCHIVE, Kind, member_header, mtime_ns_of, padding
+from ._header import Kind, member_header, mtime_ns_of, padding
 from ._reader import CHUNK_SIZE, Source, TarReader
 from ._stream import TarStream
 from .filediff import FileState
@@ -39,6 +39,7 @@ def retar(
     limits: Limits = _DEFAULT_LIMITS,
     allow_links: bool = False,
     record: Record | None = None,
+    prefix: str = "",
 ) -> TarStream:
     """The members of tar `stream`, checked and re-written, as a stream.
 
@@ -49,30 +50,46 @@ def retar(
     raises while the result is read, after the members before it, and
     the end-of-archive blocks are then never sent.  `record`, when
     given, is filled as members go out.
+
+    `prefix`, a relative folder path ending in `/`, is put before every
+    name (and every hard link's target) going out, so the tree lands in
+    that folder of the reader's destination; the record keeps the names
+    as they came in.
     """
+    _check_prefix(prefix)
     reader = TarReader(stream, limits)
     context = CheckContext(limits, allow_links)
-    return TarStream(_retarred(reader, context, owner, record))
+    return TarStream(_retarred(reader, context, owner, record, prefix))
+
+
+def _check_prefix(prefix: str) -> None:
+    parts = prefix.split("/")
+    if prefix and (parts[-1] != "" or prefix.startswith("/")
+                   or any(part in ("", ".", "..") for part in parts[:-1])):
+        raise ValueError(f"prefix must be a relative folder path ending "
+                         f"in '/', without '.' or '..', not {prefix!r}")
 
 
 def _retarred(reader: TarReader, context: CheckContext, owner: Owner,
-              record: Record | None) -> Generator[bytes, None, None]:
+              record: Record | None,
+              prefix: str) -> Generator[bytes, None, None]:
     for member in reader:
         checked = check_member(member, context)
         if checked is None:
             continue
-        state = yield from _member_chunks(reader, checked, owner)
+        state = yield from _member_chunks(reader, checked, owner, prefix)
         if record is not None:
             record[checked.name] = state
-    yield END_OF_ARCHIVE
 
 
-def _member_chunks(reader: TarReader, member: tarfile.TarInfo,
-                   owner: Owner) -> Generator[bytes, None, FileState]:
+def _member_chunks(reader: TarReader, member: tarfile.TarInfo, owner: Owner,
+                   prefix: str) -> Generator[bytes, None, FileState]:
     kind, mtime_ns = member_kind(member), mtime_ns_of(member)
+    linkname = prefix + member.linkname if kind == "hardlink" \
+        else member.linkname
     header = member_header(
-        member.name, _HEADER_KINDS[kind], mode=member.mode, mtime_ns=mtime_ns,
-        owner=owner, size=member.size, linkname=member.linkname)
+        prefix + member.name, _HEADER_KINDS[kind], mode=member.mode,
+        mtime_ns=mtime_ns, owner=owner, size=member.size, linkname=linkname)
     if kind != "file":
         yield header
         return FileState(kind, member.mode, member.linkname, 0, mtime_ns)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tarpipe._header import END_OF_ARCHIVE, mtime_ns_of
-from tarpipe._stream import TarStream
+from tarpipe._stream import TarStream, concat
 from tarpipe.errors import (
     LimitExceededError,
     StreamConsumedError,
@@ -26,6 +26,7 @@ from tarpipe.errors import (
 from tarpipe.filediff import FileState, file_state
 from tarpipe.owner import NOBODY, Owner
 from tarpipe.pack import pack_dir, pack_files
+from tarpipe.retar import retar
 
 NS = 1_000_000_000
 # ns, ns before 1970, whole seconds, just past 2038, 2**33 s (year 2242)
@@ -300,7 +301,7 @@ def test_next_on_the_stream_counts_as_reading_it(tree: Path) -> None:
 
 def test_tar_stream_wraps_any_generator() -> None:
     stream = TarStream(chunk for chunk in (b"a", b"b"))
-    assert list(stream) == [b"a", b"b"]
+    assert list(stream) == [b"a", b"b", END_OF_ARCHIVE]
     with pytest.raises(StreamConsumedError):
         list(stream)
 
@@ -550,3 +551,35 @@ def test_gnu_tar_lists_nanosecond_mtimes(tmp_path: Path) -> None:
     listing = gnu_tar("--full-time", "-tvf", "-",
                       stdin=b"".join(pack_dir(tmp_path)))
     assert "2023-11-14 22:13:20.123456789 f" in listing
+
+
+def test_concat_makes_one_archive_of_several_streams(tmp_path: Path) -> None:
+    write(tmp_path / "kept.o", b"object")
+    stream = concat(pack_dir(tmp_path),
+                    pack_files({"new.c": b"int x;"}, mtime_ns=5))
+    data = b"".join(stream)
+
+    assert member_names(data) == ["kept.o", "new.c"]
+    assert data.endswith(END_OF_ARCHIVE) and data.count(END_OF_ARCHIVE) == 1
+    with pytest.raises(StreamConsumedError):
+        concat(stream)
+
+
+def test_retar_can_put_every_member_in_a_folder() -> None:
+    source = pack_files({"a/b.c": b"1", "d.txt": b"2"}, mtime_ns=7)
+    record: dict[str, FileState] = {}
+    data = b"".join(retar(source, owner=NOBODY, prefix="s.1/", record=record))
+
+    assert member_names(data) == ["s.1/a", "s.1/a/b.c", "s.1/d.txt"]
+    assert set(record) == {"a", "a/b.c", "d.txt"}
+
+
+@pytest.mark.parametrize("prefix", ["/abs/", "no-slash", "../up/", "a//b/"])
+def test_retar_refuses_a_prefix_that_is_not_a_plain_folder(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        retar(pack_files({}, mtime_ns=0), owner=NOBODY, prefix=prefix)
+
+
+def member_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as archive:
+        return [member.name for member in archive]

@@ -11,7 +11,7 @@ EXPECTED = {
     "NOBODY", "ArchiveError", "FileDiff", "FileState", "LimitExceededError",
     "Limits", "Owner", "StreamConsumedError", "SwapError", "TarPipeError",
     "UnsafeMemberError", "diff", "pack_dir", "pack_files", "retar",
-    "unpack_into",
+    "unpack_into", "TarStream", "concat",
 }
 
 
