@@ -53,8 +53,10 @@ __all__ = [
     "Sandbox",
     "exec_in",
     "exec_out",
+    "exec_through",
     "leftover_containers",
     "remove_leftovers",
+    "untar_command",
 ]
 
 log = logging.getLogger(__name__)
@@ -406,17 +408,26 @@ class Sandbox:
         }
 
     def _untar_command(self, path: str) -> list[str]:
-        as_root = self.uid == 0
-        if not self.gnu_tar:
-            # busybox tar restores modes and mtimes unless told not to,
-            # and owners too unless -o.
-            owner = "--numeric-owner" if as_root else "-o"
-            return ["tar", "-x", "-f", "-", owner, "-C", path]
-        owners = (["--same-owner", "--numeric-owner"] if as_root
-                  else ["--no-same-owner"])
-        # no-timestamp: mtimes before 1970 or in the future are wanted.
-        return ["tar", "-x", "-f", "-", "-p", "--warning=no-timestamp",
-                *owners, "-C", path]
+        return untar_command(path, gnu_tar=self.gnu_tar,
+                             as_root=self.uid == 0)
+
+
+def untar_command(path: str, *, gnu_tar: bool, as_root: bool) -> list[str]:
+    """The argv of a `tar -x` that unpacks its stdin into folder `path`.
+
+    Modes and mtimes are restored (to the nanosecond with GNU tar); owners
+    only `as_root`, otherwise files belong to the user running it.
+    """
+    if not gnu_tar:
+        # busybox tar restores modes and mtimes unless told not to,
+        # and owners too unless -o.
+        owner = "--numeric-owner" if as_root else "-o"
+        return ["tar", "-x", "-f", "-", owner, "-C", path]
+    owners = (["--same-owner", "--numeric-owner"] if as_root
+              else ["--no-same-owner"])
+    # no-timestamp: mtimes before 1970 or in the future are wanted.
+    return ["tar", "-x", "-f", "-", "-p", "--warning=no-timestamp",
+            *owners, "-C", path]
 
 
 def exec_in(
@@ -460,6 +471,32 @@ def exec_out(
     exec_id, conn = _start_exec(client, container_id, argv)
     stderr = _Capped(_STDERR_CAP)
     with conn:
+        yield from _stdout_of(_frames(conn.idle_reader(io_timeout)), stderr)
+    _check_status(client, exec_id, argv, stderr, io_timeout)
+
+
+def exec_through(
+    client: docker.DockerClient,
+    container_id: str,
+    argv: list[str],
+    chunks: Iterable[bytes],
+    *,
+    io_timeout: float = 60.0,
+) -> Iterator[bytes]:
+    """Run `argv` with `chunks` as its stdin, then yield its stdout.
+
+    One exec where `exec_in` and then `exec_out` would take two: the
+    input is sent whole, its end marked by closing the socket's write
+    half, before any output is yielded, so the command must take all its
+    input before it writes much (`tar -x; tar -c` does). The command
+    starts when the first chunk is asked for; failures are raised as by
+    `exec_out`.
+    """
+    exec_id, conn = _start_exec(client, container_id, argv, stdin=True)
+    stderr = _Capped(_STDERR_CAP)
+    with conn:
+        _send_all(conn, chunks, io_timeout)
+        conn.shutdown_write()
         yield from _stdout_of(_frames(conn.idle_reader(io_timeout)), stderr)
     _check_status(client, exec_id, argv, stderr, io_timeout)
 
