@@ -9,16 +9,23 @@ network, like every container here).  One folder a kata::
     /katas/KATA_ID/git/                 bare repository, visible files
     /katas/KATA_ID/visible.json         head commit, visible files' digests
 
-A run: the visible files that changed are written into the sandbox (the
-only change a timed-out run leaves); *all* sandbox files are tar-piped
-from the data container into a fresh run container, mtimes exact to the
-nanosecond and re-owned to `nobody`; `cyber-dojo.sh` runs; if it finished
-within its limit, all files are tar-piped back, re-owned to the outside
-owner, into a new `s.TOKEN` beside the old one, and the symlink is
-flipped by one rename.  Until that rename the kata is exactly as before;
-after it, exactly as the run left it.  A run that timed out brings
-nothing back: as if the attempt was never made.
+A run costs two execs in the data container and one pre-started ("warm")
+container from a pool (`runners.warm`):
 
+1. one exec writes the visible files that changed into the sandbox (the
+   only change a timed-out run leaves) and streams *all* sandbox files
+   out, through `retar` (checked, re-owned to `nobody`, mtimes exact to
+   the nanosecond), straight into the warm container, where
+   `cyber-dojo.sh` runs;
+2. if it finished within its limit, all files stream back through
+   `retar` (re-owned to the outside owner) and, with the run's commit,
+   in one more exec into a new `s.TOKEN` beside the old one; the symlink
+   is flipped by one rename.  Until that rename the kata is exactly as
+   before; after it, exactly as the run left it.  A run that timed out,
+   or whose files broke a rule, brings nothing back: as if the attempt
+   was never made.
+
+The manifest is read once per kata and process, then kept in memory.
 Runs of one kata are serialized within this process; two processes
 sharing one volume must not run the same kata at once.
 """
@@ -42,14 +49,13 @@ import docker.errors
 from docker.models.containers import Container
 from dulwich.objects import ObjectID
 
-from tarpipe import NOBODY, Limits, Owner, pack_files, retar
+from tarpipe import NOBODY, Limits, Owner, TarStream, concat, pack_files, retar
 from tarpipe.errors import TarPipeError
-from tarpipe.filediff import FileDiff, FileState, diff
+from tarpipe.filediff import FileState, diff
 from tarpipe.memory import unpack_files
 
 from ._base import (
     KATA_ID_PATTERN,
-    RUN_COMMAND,
     Clock,
     KataLocks,
     RunResult,
@@ -61,9 +67,10 @@ from .container import (
     MANAGED_LABEL,
     ROLE_LABEL,
     ContainerLimits,
-    Sandbox,
+    ExecResult,
     exec_in,
     exec_out,
+    exec_through,
 )
 from .errors import ContainerError
 from .history import (
@@ -74,6 +81,7 @@ from .history import (
     loose_object_files,
 )
 from .images import GCC, require_image
+from .warm import ContainerPool
 
 __all__ = ["KatasDataContainerRunner"]
 
@@ -120,6 +128,7 @@ class KatasDataContainerRunner:
         limits: ContainerLimits = ContainerLimits(),
         archive_limits: Limits = Limits(),
         clock: Clock = time.time_ns,
+        pool_size: int = 2,
     ) -> None:
         self.volume = volume
         self._own_client = client is None
@@ -133,6 +142,9 @@ class KatasDataContainerRunner:
         self._locks = KataLocks()
         self._data: str | None = None
         self._data_lock = threading.Lock()
+        self._manifests: dict[str, _Manifest] = {}
+        self._pool = ContainerPool(self.client, limits=limits,
+                                   size=pool_size)
 
     # -- the public calls ------------------------------------------------
 
@@ -181,30 +193,36 @@ class KatasDataContainerRunner:
     def _run(self, kata_id: str, image: str, visible: dict[str, bytes],
              max_seconds: float) -> RunResult:
         kata = f"{KATAS}/{kata_id}"
-        manifest = self._manifest(kata)
-        self._write_visible(kata, visible, manifest)
-
+        manifest = self._manifest(kata_id)
         before: dict[str, FileState] = {}
         after: dict[str, FileState] = {}
-        token, rejected = None, ""
-        with Sandbox(self.client, image, limits=self.limits) as box:
-            box.put(retar(self._tar_out(f"{kata}/sandbox/"), owner=NOBODY,
-                          limits=self.archive_limits, record=before))
-            run = box.run(RUN_COMMAND, max_seconds=max_seconds)
-            if not run.timed_out:
+        sandbox = retar(self._write_visible_and_read(kata, visible, manifest),
+                        owner=NOBODY, limits=self.archive_limits,
+                        record=before)
+        token, rejected = secrets.token_hex(8), ""
+        warm = self._pool.take(image)
+        try:
+            with warm.run(sandbox, max_seconds=max_seconds) as done:
+                run, rejected = done.result, done.failure
+                if run.timed_out or rejected:
+                    self._commit(kata_id, visible, run, manifest, before)
+                    return RunResult.of(run, rejected=rejected)
+                back = retar(done.files, owner=self.owner,
+                             limits=self.archive_limits, record=after,
+                             prefix=f"s.{token}/")
                 try:
-                    token = self._bring_back(kata, box.get(), after)
+                    self._commit(kata_id, visible, run, manifest, after,
+                                 back, token)
                 except TarPipeError as error:
-                    log.warning("kata %s: run's files not kept: %s",
+                    log.warning("kata %s: files of the run not kept: %s",
                                 kata_id, error)
-                    rejected = str(error)
-
-        kept = after if token else before
-        self._commit(kata, visible, run_message(run), manifest, kept, token)
+                    self._commit(kata_id, visible, run, manifest, before)
+                    return RunResult.of(run, rejected=str(error))
+        finally:
+            self._pool.give_back(warm)
         log.debug("katas-data-container run of %s: status %s in %.3f s",
                   kata_id, run.status, run.duration)
-        changes = diff(before, after) if token else FileDiff()
-        return RunResult.of(run, changes, rejected=rejected)
+        return RunResult.of(run, diff(before, after))
 
     def _tar_out(self, folder: str) -> Iterator[bytes]:
         """The tar stream of `folder` in the volume, empty if it is missing."""
@@ -214,71 +232,91 @@ class KatasDataContainerRunner:
         return exec_out(self.client, self._data_container(),
                         ["sh", "-c", script])
 
-    def _manifest(self, kata: str) -> _Manifest:
-        script = f"cat {kata}/visible.json 2>/dev/null || true"
-        output = b"".join(exec_out(self.client, self._data_container(),
-                                   ["sh", "-c", script]))
-        return _Manifest.parse(output)
+    def _manifest(self, kata_id: str) -> _Manifest:
+        """What the last run left; read from the volume once per process."""
+        manifest = self._manifests.get(kata_id)
+        if manifest is None:
+            script = f"cat {KATAS}/{kata_id}/visible.json 2>/dev/null || true"
+            output = b"".join(exec_out(self.client, self._data_container(),
+                                       ["sh", "-c", script]))
+            manifest = self._manifests[kata_id] = _Manifest.parse(output)
+        return manifest
 
-    def _write_visible(self, kata: str, visible: dict[str, bytes],
-                       manifest: _Manifest) -> None:
-        """New and changed visible files in; dropped ones out; rest untouched."""
+    def _write_visible_and_read(self, kata: str, visible: dict[str, bytes],
+                                manifest: _Manifest) -> Iterator[bytes]:
+        """Write the visible files that changed; then stream the sandbox.
+
+        One exec: new and changed visible files in (the rest keep their
+        mtimes), dropped ones out, then every sandbox file out as tar.
+        """
         changed = {name: content for name, content in visible.items()
                    if _digest(content) != manifest.files.get(name)}
         gone = sorted(set(manifest.files) - set(visible))
         script = (f"set -e; mkdir -p {kata}; cd {kata}; "
                   "[ -e sandbox ] || { mkdir -p s.0 && ln -s s.0 sandbox; }; "
                   f"cd sandbox/; rm -f -- {_words(gone)}; "
-                  f"exec {shlex.join(TAR_IN)} .")
+                  f"{shlex.join(TAR_IN)} .; exec {shlex.join(TAR_OUT)}")
         stream = pack_files(changed, mtime_ns=self.clock(), owner=self.owner)
-        exec_in(self.client, self._data_container(), ["sh", "-c", script],
-                stream)
+        return exec_through(self.client, self._data_container(),
+                            ["sh", "-c", script], stream)
 
-    def _bring_back(self, kata: str, stream: Iterator[bytes],
-                    record: dict[str, FileState]) -> str:
-        """The run's sandbox into a new s.TOKEN beside the current one."""
-        token = secrets.token_hex(8)
-        target = f"{kata}/s.{token}"
-        script = f"set -e; mkdir {target}; exec {shlex.join(TAR_IN)} {target}"
-        exec_in(self.client, self._data_container(), ["sh", "-c", script],
-                retar(stream, owner=self.owner, limits=self.archive_limits,
-                      record=record))
-        return token
+    def _commit(
+        self,
+        kata_id: str,
+        visible: dict[str, bytes],
+        run: ExecResult,
+        manifest: _Manifest,
+        sandbox: Mapping[str, FileState],
+        files: TarStream | None = None,
+        token: str = "",
+    ) -> None:
+        """Commit the visible files; with the run's `files`, swap them in.
 
-    def _commit(self, kata: str, visible: dict[str, bytes], message: str,
-                manifest: _Manifest, sandbox: Mapping[str, FileState],
-                token: str | None) -> None:
-        """Commit the visible files and, if the run came back, flip to it.
-
-        The sandbox link, the branch and the manifest each move by one
-        rename, in that order; then older sandboxes are removed.
+        One exec, one tar stream: the run's files into a new `s.TOKEN`
+        folder beside the current sandbox, then the new history objects,
+        then the new branch and manifest.  The manifest comes last, so its
+        arrival proves the whole stream did (GNU tar takes an archive cut
+        at a member's end for a whole one).  Only then do the sandbox
+        link, the branch and the manifest each move by one rename, in
+        that order; older sandboxes are removed after.
         """
+        kata = f"{KATAS}/{kata_id}"
         parent = ObjectID(manifest.head.encode()) if manifest.head else None
         objects, commit_id = build_commit(
-            visible, parent=parent, message=message,
+            visible, parent=parent, message=run_message(run),
             commit_time=self.clock() // 1_000_000_000,
             executable=[name for name in visible if name.endswith(".sh")])
-        digests = {name: state.digest for name, state in sandbox.items()
-                   if name in visible and state.kind == "file"}
-        branch = BRANCH.decode()
-        files = {f"git/{path}": data
-                 for path, data in loose_object_files(objects).items()}
-        files["git/HEAD"] = b"ref: " + BRANCH + b"\n"
-        files["git/config"] = GIT_CONFIG
-        files[f"git/{branch}.new"] = commit_id + b"\n"
-        files["visible.json.new"] = _Manifest(commit_id.decode(),
-                                              digests).dump()
+        updated: list[_Manifest] = []
+
+        def history() -> TarStream:
+            # Made when the run's files have gone by and filled `sandbox`.
+            digests = {name: state.digest for name, state in sandbox.items()
+                       if name in visible and state.kind == "file"}
+            updated.append(_Manifest(commit_id.decode(), digests))
+            branch = BRANCH.decode()
+            members = {f"git/{path}": data
+                       for path, data in loose_object_files(objects).items()}
+            members["git/HEAD"] = b"ref: " + BRANCH + b"\n"
+            members["git/config"] = GIT_CONFIG
+            members[f"git/{branch}.new"] = commit_id + b"\n"
+            members["visible.json.new"] = updated[0].dump()
+            return pack_files(members, mtime_ns=self.clock(),
+                              owner=self.owner, mode=0o444)
+
+        stream = concat(*([files] if files is not None else []), history)
         flip = (f"ln -sfn s.{token} sandbox.new && mv -T sandbox.new sandbox; "
-                if token else "")
+                if files is not None else "")
         script = (
-            f"set -e; cd {kata}; {shlex.join(TAR_IN)} .; {flip}"
-            f"mv -f git/{branch}.new git/{branch}; "
+            f"set -e; cd {kata}; rm -f visible.json.new; "
+            f"{shlex.join(TAR_IN)} .; test -f visible.json.new; {flip}"
+            f"mv -f git/{BRANCH.decode()}.new git/{BRANCH.decode()}; "
             "mv -f visible.json.new visible.json; "
             'keep=$(readlink sandbox); for old in s.*; do '
             '[ "$old" = "$keep" ] || rm -rf -- "$old"; done')
+        self._manifests.pop(kata_id, None)
         exec_in(self.client, self._data_container(), ["sh", "-c", script],
-                pack_files(files, mtime_ns=self.clock(), owner=self.owner,
-                           mode=0o444))
+                stream)
+        self._manifests[kata_id] = updated[0]
 
     # -- the data container -------------------------------------------------
 
@@ -317,7 +355,8 @@ class KatasDataContainerRunner:
             return self.client.containers.get(name)
 
     def close(self) -> None:
-        """Forget the data container (it stays) and close an own client."""
+        """Remove the warm containers; forget the data container (it stays)."""
+        self._pool.close()
         self._data = None
         if self._own_client:
             self.client.close()

@@ -9,12 +9,13 @@ from types import TracebackType
 
 import docker
 
-from tarpipe import NOBODY, pack_files, retar
+from tarpipe import NOBODY, TarPipeError, pack_files, retar
 from tarpipe.filediff import FileState, diff
 
-from ._base import RUN_COMMAND, Clock, RunResult, check_request
-from .container import ContainerLimits, Sandbox
+from ._base import Clock, RunResult, check_request
+from .container import ContainerLimits
 from .images import require_image
+from .warm import ContainerPool
 
 __all__ = ["TmpRunner"]
 
@@ -35,12 +36,14 @@ class TmpRunner:
         *,
         limits: ContainerLimits = ContainerLimits(),
         clock: Clock = time.time_ns,
+        pool_size: int = 2,
     ) -> None:
         self._own_client = client is None
         self.client = client if client is not None else docker.from_env()
         self.limits = limits
-        #: nanoseconds now: the mtime given to visible files written
+        #: nanoseconds now: the mtime given to the visible files
         self.clock = clock
+        self._pool = ContainerPool(self.client, limits=limits, size=pool_size)
 
     def run(
         self,
@@ -54,21 +57,28 @@ class TmpRunner:
         visible = check_request(kata_id, files, max_seconds)
         require_image(self.client, image)
         before: dict[str, FileState] = {}
-        with Sandbox(self.client, image, limits=self.limits) as box:
-            box.put(pack_files(visible, mtime_ns=self.clock(), owner=NOBODY,
-                               record=before))
-            run = box.run(RUN_COMMAND, max_seconds=max_seconds)
-            if run.timed_out:
-                return RunResult.of(run)
-            after: dict[str, FileState] = {}
-            for _ in retar(box.get(), owner=NOBODY, record=after):
-                pass  # only the record of what is there is wanted
+        after: dict[str, FileState] = {}
+        stream = pack_files(visible, mtime_ns=self.clock(), owner=NOBODY,
+                            record=before)
+        warm = self._pool.take(image)
+        try:
+            with warm.run(stream, max_seconds=max_seconds) as done:
+                if done.result.timed_out or done.failure:
+                    return RunResult.of(done.result, rejected=done.failure)
+                try:
+                    for _ in retar(done.files, owner=NOBODY, record=after):
+                        pass  # only the record of what is there is wanted
+                except TarPipeError as error:
+                    return RunResult.of(done.result, rejected=str(error))
+        finally:
+            self._pool.give_back(warm)
         log.debug("tmp run of %s: status %s in %.3f s",
-                  kata_id, run.status, run.duration)
-        return RunResult.of(run, diff(before, after))
+                  kata_id, done.result.status, done.result.duration)
+        return RunResult.of(done.result, diff(before, after))
 
     def close(self) -> None:
-        """Close the Docker client if this runner made it."""
+        """Remove the warm containers; close the client if this runner made it."""
+        self._pool.close()
         if self._own_client:
             self.client.close()
 

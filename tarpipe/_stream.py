@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from ._header import END_OF_ARCHIVE
 from .errors import StreamConsumedError
@@ -56,17 +56,21 @@ class TarStream(Iterator[bytes]):
         return self._members
 
 
-def concat(*streams: TarStream) -> TarStream:
+def concat(*streams: TarStream | Callable[[], TarStream]) -> TarStream:
     """One archive of the members of `streams`, in order, read once.
 
     Each stream is read only as the result is; the end-of-archive blocks
-    come once, after the last member of the last stream.
+    come once, after the last member of the last stream.  A stream that
+    depends on the ones before it (on a record they fill as they are
+    read, say) can be given as a function that makes it: it is called
+    when the result reaches it.
     """
-    bodies = [stream._take_members() for stream in streams]
+    taken = [s._take_members() if isinstance(s, TarStream) else s
+             for s in streams]
 
     def members() -> Members:
-        for body in bodies:
-            yield from body
+        for body in taken:
+            yield from body if not callable(body) else body()._take_members()
 
     return TarStream(members())
 

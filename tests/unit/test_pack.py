@@ -583,3 +583,16 @@ def test_retar_refuses_a_prefix_that_is_not_a_plain_folder(prefix: str) -> None:
 def member_names(data: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as archive:
         return [member.name for member in archive]
+
+
+def test_concat_makes_a_later_stream_when_the_earlier_ones_are_read() -> None:
+    record: dict[str, FileState] = {}
+    first = pack_files({"a": b"1", "b": b"2"}, mtime_ns=1, record=record)
+    stream = concat(first, lambda: pack_files(
+        {"seen": ",".join(sorted(record)).encode()}, mtime_ns=1))
+
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as archive:
+        contents = {m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
+                    for m in archive}
+    assert contents["seen"] == b"a,b"
