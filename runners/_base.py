@@ -7,7 +7,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
+
+import docker
 
 from tarpipe import pack_files
 from tarpipe.filediff import FileDiff
@@ -15,7 +18,7 @@ from tarpipe.filediff import FileDiff
 from .container import ExecResult
 from .errors import BadRequestError
 
-__all__ = ["RunResult", "check_request"]
+__all__ = ["RunResult", "Runner", "check_request"]
 
 KATA_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SCRIPT = "cyber-dojo.sh"
@@ -119,6 +122,34 @@ def _as_bytes(name: str, content: Any) -> bytes:
         return content
     raise BadRequestError(
         f"visible file {name!r} must be str or bytes, not {type(content).__name__}")
+
+
+class Runner:
+    """What every runner shares: its Docker client, closing, `with`.
+
+    A runner given no client makes one from the environment, and closes
+    it when it is closed; a client given is the caller's to close.
+    """
+
+    def __init__(self, client: docker.DockerClient | None) -> None:
+        self._own_client = client is None
+        self.client = client if client is not None else docker.from_env()
+
+    def close(self) -> None:
+        """Close the Docker client if this runner made it."""
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class KataLocks:

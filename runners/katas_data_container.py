@@ -41,7 +41,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import cast
 
 import docker
@@ -58,6 +57,7 @@ from ._base import (
     KATA_ID_PATTERN,
     Clock,
     KataLocks,
+    Runner,
     RunResult,
     check_kata_id,
     check_request,
@@ -115,7 +115,7 @@ class _Manifest:
                           sort_keys=True).encode()
 
 
-class KatasDataContainerRunner:
+class KatasDataContainerRunner(Runner):
     """Runs katas kept in the Docker volume `volume`; see the module."""
 
     def __init__(
@@ -131,8 +131,7 @@ class KatasDataContainerRunner:
         pool_size: int = 2,
     ) -> None:
         self.volume = volume
-        self._own_client = client is None
-        self.client = client if client is not None else docker.from_env()
+        super().__init__(client)
         self.owner = owner if owner is not None else Owner.current()
         self.data_image = data_image
         self.limits = limits
@@ -358,19 +357,8 @@ class KatasDataContainerRunner:
         """Remove the warm containers; forget the data container (it stays)."""
         self._pool.close()
         self._data = None
-        if self._own_client:
-            self.client.close()
+        super().close()
 
-    def __enter__(self) -> KatasDataContainerRunner:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _digest(content: bytes) -> str:

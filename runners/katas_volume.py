@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 import docker
 
@@ -36,6 +35,7 @@ from ._base import (
     RUN_COMMAND,
     Clock,
     KataLocks,
+    Runner,
     RunResult,
     check_kata_id,
     check_request,
@@ -50,7 +50,7 @@ __all__ = ["KatasVolumeRunner"]
 log = logging.getLogger(__name__)
 
 
-class KatasVolumeRunner:
+class KatasVolumeRunner(Runner):
     """Runs each kata in place, in its folder under `katas_root`."""
 
     def __init__(
@@ -64,8 +64,7 @@ class KatasVolumeRunner:
     ) -> None:
         self.katas_root = Path(katas_root).resolve()
         self.katas_root.mkdir(parents=True, exist_ok=True)
-        self._own_client = client is None
-        self.client = client if client is not None else docker.from_env()
+        super().__init__(client)
         self.owner = owner if owner is not None else Owner.current()
         self.limits = limits
         #: nanoseconds now: the mtime given to visible files written
@@ -157,21 +156,6 @@ class KatasVolumeRunner:
     def _kata(self, kata_id: str) -> Path:
         return self.katas_root / kata_id
 
-    def close(self) -> None:
-        """Close the Docker client if this runner made it."""
-        if self._own_client:
-            self.client.close()
-
-    def __enter__(self) -> KatasVolumeRunner:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _scripts(visible: Mapping[str, bytes]) -> list[str]:

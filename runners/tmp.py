@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from types import TracebackType
 
 import docker
 
 from tarpipe import NOBODY, TarPipeError, pack_files, retar
 from tarpipe.filediff import FileState, diff
 
-from ._base import Clock, RunResult, check_request
+from ._base import Clock, Runner, RunResult, check_request
 from .container import ContainerLimits
 from .images import require_image
 from .warm import ContainerPool
@@ -22,7 +21,7 @@ __all__ = ["TmpRunner"]
 log = logging.getLogger(__name__)
 
 
-class TmpRunner:
+class TmpRunner(Runner):
     """Runs the visible files and keeps nothing.
 
     Every file enters the container stamped with the time of the run, so
@@ -38,8 +37,7 @@ class TmpRunner:
         clock: Clock = time.time_ns,
         pool_size: int = 2,
     ) -> None:
-        self._own_client = client is None
-        self.client = client if client is not None else docker.from_env()
+        super().__init__(client)
         self.limits = limits
         #: nanoseconds now: the mtime given to the visible files
         self.clock = clock
@@ -79,16 +77,5 @@ class TmpRunner:
     def close(self) -> None:
         """Remove the warm containers; close the client if this runner made it."""
         self._pool.close()
-        if self._own_client:
-            self.client.close()
+        super().close()
 
-    def __enter__(self) -> TmpRunner:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
