@@ -147,9 +147,16 @@ def check_size(member: tarfile.TarInfo,
 
 def check_link(member: tarfile.TarInfo,
                context: CheckContext) -> tarfile.TarInfo:
-    """Refuse links unless allowed, and any link that leads outside."""
+    """Refuse links unless allowed, and any link that leads outside.
+
+    A member that is no link loses any link target its header carries
+    (a GNU long-link header before a folder gives one), so nothing
+    downstream writes out or records a target nobody checked.
+    """
     kind = member_kind(member)
     if kind not in ("symlink", "hardlink"):
+        if member.linkname:
+            return member.replace(linkname="", deep=False)
         return member
     target = member.linkname
     if not context.allow_links:
