@@ -22,9 +22,6 @@ __all__ = ["RunResult", "Runner", "check_request"]
 
 KATA_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 SCRIPT = "cyber-dojo.sh"
-# `sh -c` rather than executing the script directly: a cyber-dojo.sh
-# without a #! line is then still run by the shell (ENOEXEC fallback).
-RUN_COMMAND = ["sh", "-c", f"./{SCRIPT}"]
 
 Clock = Callable[[], int]
 

@@ -9,7 +9,13 @@ Layout under the katas root, one folder a kata::
 Only the kata's sandbox folder is mounted, never the katas root.  The run
 is not atomic: a run that times out leaves whatever it wrote, because the
 container wrote straight into the folder (the data-container runner is
-the atomic one).  Inside the container the files belong to `nobody`;
+the atomic one).  Nor is the folder's size bounded, as a tmpfs sandbox's
+is: a run can write up to its file size limit a file (disk quotas on the
+katas root would bound it).  The script runs under the warm containers'
+driver (`runners.warm`), so its output is capped inside the container
+and whatever it left running is killed when it ends.  After each run
+FIFOs, sockets and devices are removed from the folder (and reported in
+`RunResult.rejected`) and setuid, setgid and sticky bits cleared.  Inside the container the files belong to `nobody`;
 before and after the run they belong to the outside owner, which needs
 this process to be root (it changes owners).  Without root the container
 runs as this process's own user instead, and the files never change hands.
@@ -32,7 +38,6 @@ from tarpipe import NOBODY, Owner, pack_dir, pack_files, unpack_into
 from tarpipe.filediff import FileState, diff
 
 from ._base import (
-    RUN_COMMAND,
     Clock,
     KataLocks,
     Runner,
@@ -41,9 +46,10 @@ from ._base import (
     check_request,
     run_message,
 )
-from .container import ContainerLimits, Sandbox
+from .container import ContainerLimits
 from .history import HistoryEntry, HostHistory
 from .images import require_image
+from .warm import WarmContainer
 
 __all__ = ["KatasVolumeRunner"]
 
@@ -106,17 +112,22 @@ class KatasVolumeRunner(Runner):
         self._write_visible(sandbox, visible, latest)
 
         before = _record(sandbox)
-        with (self._lent_to_container(sandbox) as user,
-              Sandbox(self.client, image, limits=self.limits, user=user,
-                      sandbox_dir=str(sandbox)) as box):
-            run = box.run(RUN_COMMAND, max_seconds=max_seconds)
+        with (self._lent_to_container(sandbox) as (user, removed),
+              WarmContainer(self.client, image, limits=self.limits, user=user,
+                            sandbox_dir=str(sandbox)) as box,
+              box.run(pack_files({}, mtime_ns=0),
+                      max_seconds=max_seconds) as done):
+            # The files are in place already: the run's copy is not read.
+            run, failure = done.result, done.failure
         after = _record(sandbox)
 
         history.commit(visible, run_message(run), commit_time=self.clock()
                        // 1_000_000_000, executable=_scripts(visible))
         log.debug("katas-volume run of %s: status %s in %.3f s",
                   kata_id, run.status, run.duration)
-        return RunResult.of(run, diff(before, after))
+        rejected = failure or (f"special file not allowed: removed {removed}"
+                               if removed else "")
+        return RunResult.of(run, diff(before, after), rejected=rejected)
 
     def _write_visible(self, sandbox: Path, visible: dict[str, bytes],
                        latest: HistoryEntry | None) -> None:
@@ -131,16 +142,30 @@ class KatasVolumeRunner(Runner):
             _remove_file(sandbox, name)
 
     @contextmanager
-    def _lent_to_container(self, sandbox: Path) -> Iterator[str]:
-        """The user to run as; as root, the sandbox belongs to nobody meanwhile."""
+    def _lent_to_container(
+        self, sandbox: Path
+    ) -> Iterator[tuple[str, list[str]]]:
+        """The user to run as, and the special files the run left.
+
+        As root, the sandbox belongs to nobody while the container has
+        it, and to the outside owner again after; otherwise the container
+        runs as this process's user.  Either way, after the run (and
+        before, after a crash) the tree is tidied: no FIFO, socket or
+        device stays, and no setuid, setgid or sticky bit.
+        """
+        removed: list[str] = []
         if os.geteuid() != 0:
-            yield f"{os.geteuid()}:{os.getegid()}"
+            _tidy(sandbox, None)
+            try:
+                yield f"{os.geteuid()}:{os.getegid()}", removed
+            finally:
+                removed += _tidy(sandbox, None)
             return
-        _chown_tree(sandbox, NOBODY)
+        _tidy(sandbox, NOBODY)
         try:
-            yield f"{NOBODY.uid}:{NOBODY.gid}"
+            yield f"{NOBODY.uid}:{NOBODY.gid}", removed
         finally:
-            _chown_tree(sandbox, self.owner)
+            removed += _tidy(sandbox, self.owner)
 
     @contextmanager
     def _file_lock(self, kata_id: str) -> Iterator[None]:
@@ -209,9 +234,26 @@ def _remove_file(sandbox: Path, name: str) -> None:
             os.close(dir_fd)
 
 
-def _chown_tree(root: Path, owner: Owner) -> None:
-    os.chown(root, owner.uid, owner.gid)
+def _tidy(root: Path, owner: Owner | None) -> list[str]:
+    """Special files out, special mode bits off, `owner` on (if given).
+
+    Returns the paths removed.  The container is gone by now, so nothing
+    changes the tree meanwhile; links are never followed.
+    """
+    removed = []
+    if owner is not None:
+        os.chown(root, owner.uid, owner.gid)
     for folder, dirs, names in os.walk(root):
         for name in dirs + names:
-            os.chown(os.path.join(folder, name), owner.uid, owner.gid,
-                     follow_symlinks=False)
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)
+                    or stat.S_ISLNK(info.st_mode)):
+                os.unlink(path)
+                removed.append(os.path.relpath(path, root))
+                continue
+            if owner is not None:
+                os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
+            if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o7000:
+                os.chmod(path, stat.S_IMODE(info.st_mode) & 0o777)
+    return sorted(removed)

@@ -253,6 +253,10 @@ class WarmContainer:
     `io_timeout` bounds, in seconds, each wait for the engine outside the
     script's run: sending the sandbox, the unpacking, each read of the
     files.
+
+    `sandbox_dir`, a host folder, is bind-mounted at /sandbox in place of
+    the tmpfs (the katas-volume runner's way): send an empty archive and
+    close the run without reading its files, which are already there.
     """
 
     def __init__(
@@ -263,6 +267,7 @@ class WarmContainer:
         limits: ContainerLimits = ContainerLimits(),
         user: str = NOBODY_USER,
         io_timeout: float = 60.0,
+        sandbox_dir: str | None = None,
     ) -> None:
         self.client = client
         self.image = image
@@ -270,6 +275,7 @@ class WarmContainer:
         self.user = user
         self.io_timeout = io_timeout
         self._sandbox = Sandbox(client, image, limits=limits, user=user,
+                                sandbox_dir=sandbox_dir,
                                 role=ROLE)
         self._container: Container | None = None
         self._conn: _ExecSocket | None = None
