@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import docker
 import docker.errors
@@ -55,6 +55,7 @@ __all__ = [
     "exec_out",
     "exec_through",
     "leftover_containers",
+    "remove_container",
     "remove_leftovers",
     "untar_command",
 ]
@@ -82,6 +83,7 @@ _CHUNK = 64 * 1024
 # what an exec may send back while its stdin is still being written.
 _STDERR_CAP = 64 * 1024
 _PENDING_CAP = 1 * MiB
+_REMOVE_ATTEMPTS: Final = 5
 
 # Members are named as pack_dir names them (`a`, `d/b`): no `./` prefix,
 # no member for the folder itself; sorted, so equal trees give equal
@@ -279,16 +281,7 @@ class Sandbox:
         container, self._container = self._container, None
         if container is None:
             return
-        try:
-            container.remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as error:
-            if error.status_code != 409:  # removal already in progress
-                raise ContainerError(
-                    f"cannot remove container {container.short_id}: "
-                    f"{error.explanation}") from error
-        log.debug("removed container %s", container.short_id)
+        remove_container(self.client, cast(str, container.id))
 
     @property
     def gnu_tar(self) -> bool:
@@ -428,6 +421,35 @@ def untar_command(path: str, *, gnu_tar: bool, as_root: bool) -> list[str]:
     # no-timestamp: mtimes before 1970 or in the future are wanted.
     return ["tar", "-x", "-f", "-", "-p", "--warning=no-timestamp",
             *owners, "-C", path]
+
+
+def remove_container(client: docker.DockerClient,
+                     container_id: str) -> None:
+    """Remove a container, running or not; gone already is fine."""
+    for attempt in range(1, _REMOVE_ATTEMPTS + 1):
+        try:
+            client.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            explanation = str(error.explanation or error)
+            conflict = error.status_code == 409
+            if conflict and "already in progress" in explanation:
+                pass  # another remover is on it
+            elif conflict and attempt < _REMOVE_ATTEMPTS:
+                # A container that stops by itself (a warm one, once its
+                # run is over) while the engine force-removes it makes
+                # the engine fail to kill it and refuse (409): again.
+                log.debug("removing container %s again: %s",
+                          container_id[:12], explanation)
+                time.sleep(0.05 * attempt)
+                continue
+            else:
+                raise ContainerError(f"cannot remove container "
+                                     f"{container_id[:12]}: {explanation}"
+                                     ) from error
+        log.debug("removed container %s", container_id[:12])
+        return
 
 
 def exec_in(

@@ -15,10 +15,12 @@ katas root would bound it).  The script runs under the warm containers'
 driver (`runners.warm`), so its output is capped inside the container
 and whatever it left running is killed when it ends.  After each run
 FIFOs, sockets and devices are removed from the folder (and reported in
-`RunResult.rejected`) and setuid, setgid and sticky bits cleared.  Inside the container the files belong to `nobody`;
-before and after the run they belong to the outside owner, which needs
-this process to be root (it changes owners).  Without root the container
-runs as this process's own user instead, and the files never change hands.
+`RunResult.rejected`) and setuid, setgid and sticky bits cleared.
+
+Inside the container the files belong to `nobody`; before and after the
+run they belong to the outside owner, which needs this process to be
+root (it changes owners).  Without root the container runs as this
+process's own user instead, and the files never change hands.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ from .container import (
     _ExecEnded,
     _ExecSocket,
     _frames,
+    remove_container,
     untar_command,
 )
 from .errors import ContainerError, ImageNotFoundError
@@ -123,7 +124,6 @@ _MESSAGE_CAP: Final = 4 * _KiB
 # copies stdout and stderr separately): this much of it is kept.
 _EARLY_CAP: Final = 1024 * _KiB
 _HEADER_CAP: Final = 128
-_REMOVE_ATTEMPTS: Final = 5
 _ZERO_BLOCK: Final = bytes(BLOCK)
 # Member types whose size field is not followed by that much data,
 # as tarfile reads them.
@@ -386,7 +386,7 @@ class WarmContainer:
         self.close()
         container, self._container = self._container, None
         if container is not None:
-            _remove(self.client, str(container.id))
+            remove_container(self.client, str(container.id))
 
     # -- the steps of a run ----------------------------------------------
 
@@ -761,34 +761,6 @@ def _member_size(header: bytes) -> int:
                              header[:100].rstrip(b"\0")) from None
 
 
-def _remove(client: docker.DockerClient, container_id: str) -> None:
-    """Remove a container, running or not; gone already is fine."""
-    for attempt in range(1, _REMOVE_ATTEMPTS + 1):
-        try:
-            client.api.remove_container(container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as error:
-            explanation = str(error.explanation or error)
-            conflict = error.status_code == 409
-            if conflict and "already in progress" in explanation:
-                pass  # another remover is on it
-            elif conflict and attempt < _REMOVE_ATTEMPTS:
-                # A warm container stops by itself once its run is over.
-                # If that happens while the engine force-removes it, the
-                # engine fails to kill it and refuses (409): try again.
-                log.debug("removing container %s again: %s",
-                          container_id[:12], explanation)
-                time.sleep(0.05 * attempt)
-                continue
-            else:
-                raise ContainerError(f"cannot remove container "
-                                     f"{container_id[:12]}: {explanation}"
-                                     ) from error
-        log.debug("removed warm container %s", container_id[:12])
-        return
-
-
 @functools.cache
 def pid_namespace() -> str:
     """This process's boot and pid namespace, as a label value.
@@ -878,7 +850,8 @@ class ContainerPool:
         for container_id in dead_leftovers(client):
             log.warning("removing warm container %s, left by a process "
                         "that died", container_id[:12])
-            self._tasks.put(functools.partial(_remove, client, container_id))
+            self._tasks.put(functools.partial(remove_container, client,
+                                              container_id))
         self._remover = threading.Thread(
             target=self._remove_used, name="tarpipe-pool-remover",
             daemon=True)
