@@ -534,7 +534,10 @@ def leftover_containers(
     if pid is not None:
         labels.append(f"{PID_LABEL}={pid}")
     with _engine("list containers"):
-        return client.containers.list(all=True, filters={"label": labels})
+        # ignore_removed: a container removed between the listing and
+        # its inspection (a pool clearing up meanwhile) is no error.
+        return client.containers.list(all=True, filters={"label": labels},
+                                      ignore_removed=True)
 
 
 def remove_leftovers(
@@ -617,7 +620,7 @@ def _check_status(client: docker.DockerClient, exec_id: str,
     if status != 0:
         what = "still running" if status is None else f"status {status}"
         raise ContainerError(f"{shlex.join(argv)[:200]} ended with {what}",
-                             bytes(stderr.data))
+                             bytes(stderr.data), status=status)
 
 
 # ---- the exec's hijacked socket ---------------------------------------

@@ -47,11 +47,17 @@ class ImageNotFoundError(RunnerError):
 
 
 class ContainerError(RunnerError):
-    """A container step failed; `stderr` holds what the step wrote there."""
+    """A container step failed; `stderr` holds what the step wrote there.
 
-    def __init__(self, message: str, stderr: bytes = b"") -> None:
+    `status` is the exit status of the command that failed, when one
+    ended with a status.
+    """
+
+    def __init__(self, message: str, stderr: bytes = b"", *,
+                 status: int | None = None) -> None:
         if stderr:
             text = stderr.decode("utf-8", "replace").strip()
             message = f"{message}: {text}"
         super().__init__(message)
         self.stderr = stderr
+        self.status = status

@@ -93,6 +93,9 @@ TAR_OUT = ["tar", "-c", "--format=posix", "--sort=name", "--numeric-owner",
            "--pax-option=delete=atime,delete=ctime", "."]
 TAR_IN = ["tar", "-x", "--same-owner", "--numeric-owner",
           "--preserve-permissions", "-C"]
+# Exit status of a data-container script that found the kata's branch
+# not where this runner's manifest said: another runner moved it.
+_STALE = 75
 GIT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 
 
@@ -159,6 +162,15 @@ class KatasDataContainerRunner(Runner):
         visible = check_request(kata_id, files, max_seconds)
         require_image(self.client, image)
         with self._locks.hold(kata_id):
+            try:
+                return self._run(kata_id, image, visible, max_seconds)
+            except ContainerError as error:
+                if error.status != _STALE:
+                    raise
+            # Another runner ran the kata since its manifest was read
+            # here: read it again, and run once more.
+            log.debug("kata %s moved on elsewhere: reading it again", kata_id)
+            self._manifests.pop(kata_id, None)
             return self._run(kata_id, image, visible, max_seconds)
 
     def history(self, kata_id: str) -> list[HistoryEntry]:
@@ -213,6 +225,8 @@ class KatasDataContainerRunner(Runner):
                     self._commit(kata_id, visible, run, manifest, after,
                                  back, token)
                 except TarPipeError as error:
+                    if getattr(error, "status", None) == _STALE:
+                        raise
                     log.warning("kata %s: files of the run not kept: %s",
                                 kata_id, error)
                     self._commit(kata_id, visible, run, manifest, before)
@@ -252,6 +266,7 @@ class KatasDataContainerRunner(Runner):
                    if _digest(content) != manifest.files.get(name)}
         gone = sorted(set(manifest.files) - set(visible))
         script = (f"set -e; mkdir -p {kata}; cd {kata}; "
+                  f"{_still_at(manifest.head)}"
                   "[ -e sandbox ] || { mkdir -p s.0 && ln -s s.0 sandbox; }; "
                   f"cd sandbox/; rm -f -- {_words(gone)}; "
                   f"{shlex.join(TAR_IN)} .; exec {shlex.join(TAR_OUT)}")
@@ -306,7 +321,8 @@ class KatasDataContainerRunner(Runner):
         flip = (f"ln -sfn s.{token} sandbox.new && mv -T sandbox.new sandbox; "
                 if files is not None else "")
         script = (
-            f"set -e; cd {kata}; rm -f visible.json.new; "
+            f"set -e; cd {kata}; {_still_at(manifest.head)}"
+            "rm -f visible.json.new; "
             f"{shlex.join(TAR_IN)} .; test -f visible.json.new; {flip}"
             f"mv -f git/{BRANCH.decode()}.new git/{BRANCH.decode()}; "
             "mv -f visible.json.new visible.json; "
@@ -359,6 +375,13 @@ class KatasDataContainerRunner(Runner):
         self._data = None
         super().close()
 
+
+
+def _still_at(head: str | None) -> str:
+    """Script: stop with _STALE, changing nothing, if the branch moved."""
+    ref = f"git/{BRANCH.decode()}"
+    return (f'[ "$(cat {ref} 2>/dev/null || true)" = "{head or ""}" ] '
+            f"|| exit {_STALE}; ")
 
 
 def _digest(content: bytes) -> str:

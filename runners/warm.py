@@ -121,8 +121,11 @@ _RECORD: Final = 10 * _KiB
 # What the driver's own messages (tar's complaints) may hold.
 _MESSAGE_CAP: Final = 4 * _KiB
 # The tar stream may overtake the result on the socket (the engine
-# copies stdout and stderr separately): this much of it is kept.
-_EARLY_CAP: Final = 1024 * _KiB
+# copies stdout and stderr separately): this much of it is kept.  At
+# 1 MiB a good run of a 3 MB sandbox was once refused under load.  The
+# real fix is to send the result record on stdout, ahead of the tar, so
+# that one channel orders them; until then, a bound generous enough.
+_EARLY_CAP: Final = 16 * 1024 * _KiB
 _HEADER_CAP: Final = 128
 _ZERO_BLOCK: Final = bytes(BLOCK)
 # Member types whose size field is not followed by that much data,
