@@ -25,9 +25,12 @@ container from a pool (`runners.warm`):
    or whose files broke a rule, brings nothing back: as if the attempt
    was never made.
 
-The manifest is read once per kata and process, then kept in memory.
-Runs of one kata are serialized within this process; two processes
-sharing one volume must not run the same kata at once.
+The manifest is read once per kata and process, then kept in memory;
+each script first checks the kata's branch is still where the manifest
+says, and if another runner moved it, the manifest is read again and
+the run retried.  Runs of one kata are serialized within this process;
+runners in two processes may take turns on a kata, but must not run it
+at the same moment.
 """
 
 from __future__ import annotations
