@@ -99,6 +99,11 @@ TAR_IN = ["tar", "-x", "--same-owner", "--numeric-owner",
 # Exit status of a data-container script that found the kata's branch
 # not where this runner's manifest said: another runner moved it.
 _STALE = 75
+# Script: remove every sandbox folder but the one `sandbox` links to: the
+# one a flip left behind, and any half-filled one of a failed bring-back
+# (a full volume, say), whose room the commit may need.
+_CLEAR_OLD = ('keep=$(readlink sandbox); for old in s.*; do '
+              '[ "$old" = "$keep" ] || rm -rf -- "$old"; done; ')
 GIT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 
 
@@ -324,13 +329,11 @@ class KatasDataContainerRunner(Runner):
         flip = (f"ln -sfn s.{token} sandbox.new && mv -T sandbox.new sandbox; "
                 if files is not None else "")
         script = (
-            f"set -e; cd {kata}; {_still_at(manifest.head)}"
+            f"set -e; cd {kata}; {_still_at(manifest.head)}{_CLEAR_OLD}"
             "rm -f visible.json.new; "
             f"{shlex.join(TAR_IN)} .; test -f visible.json.new; {flip}"
             f"mv -f git/{BRANCH.decode()}.new git/{BRANCH.decode()}; "
-            "mv -f visible.json.new visible.json; "
-            'keep=$(readlink sandbox); for old in s.*; do '
-            '[ "$old" = "$keep" ] || rm -rf -- "$old"; done')
+            f"mv -f visible.json.new visible.json; {_CLEAR_OLD}")
         self._manifests.pop(kata_id, None)
         exec_in(self.client, self._data_container(), ["sh", "-c", script],
                 stream)

@@ -39,7 +39,7 @@ import pytest
 
 from runners import KatasDataContainerRunner
 from runners.container import MANAGED_LABEL, PID_LABEL, remove_container
-from runners.images import GCC
+from runners.images import BUSYBOX, GCC
 from runners.warm import dead_leftovers
 from tarpipe import Owner
 from tarpipe.filediff import FileState, file_state
@@ -413,3 +413,37 @@ class Checker:
             [visible(g) for g in self.committed]
         assert kata_folder(self.client, self.volume) == \
             ["git", "s.*", "sandbox", "visible.json"]
+
+
+@pytest.fixture
+def tiny_volume(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A 3 MiB katas volume (tmpfs), so that filling it is quick."""
+    name = f"tarpipe-tiny-{os.getpid()}"
+    docker_client.volumes.create(name, driver="local", driver_opts={
+        "type": "tmpfs", "device": "tmpfs", "o": "size=3m"})
+    yield name
+    with contextlib.suppress(docker.errors.NotFound):
+        docker_client.containers.get(f"{name}-data").remove(force=True)
+    docker_client.volumes.get(name).remove(force=True)
+
+
+def test_a_full_katas_volume_is_a_clear_error_and_the_kata_stays_whole(
+    docker_client: docker.DockerClient, tiny_volume: str
+) -> None:
+    with KatasDataContainerRunner(tiny_volume, docker_client,
+                                  owner=OUTSIDE, pool_size=0) as runner:
+        first = {"cyber-dojo.sh": "echo kept > kept.txt\n"}
+        assert runner.run("full", BUSYBOX, first).status == 0
+        before = runner.snapshot("full")
+
+        filler = {"cyber-dojo.sh": "head -c 5000000 /dev/zero > big\n"}
+        result = runner.run("full", BUSYBOX, filler)
+        after = runner.snapshot("full")
+
+        assert "No space left on device" in result.rejected
+        assert result.created == ()
+        assert {p: s for p, s in after.items() if p != "cyber-dojo.sh"} == \
+            {p: s for p, s in before.items() if p != "cyber-dojo.sh"}
+        again = runner.run("full", BUSYBOX, {"cyber-dojo.sh": "cat kept.txt\n"})
+        assert (again.status, again.stdout, again.rejected) == (0, "kept\n", "")
+        assert len(runner.history("full")) == 3
