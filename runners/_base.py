@@ -107,8 +107,9 @@ def check_request(
     if SCRIPT not in files:
         raise BadRequestError(f"the visible files have no {SCRIPT!r} to run")
     visible = {name: _as_bytes(name, content) for name, content in files.items()}
-    for _ in pack_files(visible, mtime_ns=0):
-        pass  # packing checks every name, as the real run's packing will
+    # pack_files checks every name as it is called, before any member is
+    # made: the stream itself is not wanted here.
+    pack_files(visible, mtime_ns=0).close()
     return visible
 
 
