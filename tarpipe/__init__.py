@@ -20,7 +20,7 @@ from .errors import (
 from .filediff import FileDiff, FileState, diff
 from .limits import Limits
 from .owner import NOBODY, Owner
-from .pack import pack_dir, pack_files
+from .pack import pack_dir, pack_directories, pack_files
 from .retar import retar
 from .unpack import unpack_into
 
@@ -40,6 +40,7 @@ __all__ = [
     "concat",
     "diff",
     "pack_dir",
+    "pack_directories",
     "pack_files",
     "retar",
     "unpack_into",

@@ -31,7 +31,7 @@ from .filediff import FileState
 from .limits import Limits
 from .owner import NOBODY, Owner
 
-__all__ = ["pack_dir", "pack_files"]
+__all__ = ["pack_dir", "pack_directories", "pack_files"]
 
 Chunks = Generator[bytes, None, None]
 Record = dict[str, FileState]
@@ -302,6 +302,31 @@ def pack_files(
     def header(member: str, kind: Kind, state: FileState) -> bytes:
         return member_header(member, kind, mode=state.mode, mtime_ns=mtime_ns,
                              owner=owner, size=state.size)
+
+    return TarStream(chunks())
+
+
+def pack_directories(
+    record: Mapping[str, FileState],
+    *,
+    owner: Owner = NOBODY,
+    prefix: str = "",
+) -> TarStream:
+    """Stream the folders of `record` alone, with their modes and mtimes.
+
+    Unpacked over a tree that already has them, it puts back what later
+    changes inside them (a file removed, a link made) did to their
+    mtimes.  Names get `prefix` in front, as with `retar`.
+    """
+    folders = sorted((name for name, state in record.items()
+                      if state.kind == "directory"), key=_sort_key)
+
+    def chunks() -> Chunks:
+        for name in folders:
+            state = record[name]
+            yield member_header(prefix + name + "/", Kind.DIRECTORY,
+                                mode=state.mode, mtime_ns=state.mtime_ns,
+                                owner=owner, size=0)
 
     return TarStream(chunks())
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Final
 
 from ._checks import CheckContext, check_member, member_kind
@@ -26,6 +26,8 @@ __all__ = ["retar"]
 Record = dict[str, FileState]
 
 _DEFAULT_LIMITS: Final = Limits()
+# The largest file held back until its digest says whether it changed.
+_HELD_MOST: Final = 16 * 1024 * 1024
 _HEADER_KINDS: Final = {
     "file": Kind.FILE, "directory": Kind.DIRECTORY,
     "symlink": Kind.SYMLINK, "hardlink": Kind.HARDLINK,
@@ -40,6 +42,8 @@ def retar(
     allow_links: bool = False,
     record: Record | None = None,
     prefix: str = "",
+    already_there: Mapping[str, FileState] | None = None,
+    left_out: set[str] | None = None,
 ) -> TarStream:
     """The members of tar `stream`, checked and re-written, as a stream.
 
@@ -55,11 +59,22 @@ def retar(
     name (and every hard link's target) going out, so the tree lands in
     that folder of the reader's destination; the record keeps the names
     as they came in.
+
+    `already_there` says what the reader has at hand (a record of a
+    tree it can link or copy from, by name as it came in): a file or
+    symbolic link whose state equals its entry there, mtime included,
+    is checked and recorded but left out of the output, and so is a
+    hard link to a member left out; their names are added to the set
+    `left_out`.  A file's bytes are compared by digest, so one of up to
+    16 MiB is held in memory until they are known; a bigger one always
+    goes out, and so do folders.
     """
     _check_prefix(prefix)
     reader = TarReader(stream, limits)
     context = CheckContext(limits, allow_links)
-    return TarStream(_retarred(reader, context, owner, record, prefix))
+    omit = _Omission(already_there or {},
+                     left_out if left_out is not None else set())
+    return TarStream(_retarred(reader, context, owner, record, prefix, omit))
 
 
 def _check_prefix(prefix: str) -> None:
@@ -70,16 +85,68 @@ def _check_prefix(prefix: str) -> None:
                          f"in '/', without '.' or '..', not {prefix!r}")
 
 
+class _Omission:
+    """What the reader has already, and what was left out for that."""
+
+    def __init__(self, known: Mapping[str, FileState],
+                 left_out: set[str]) -> None:
+        self.known = known
+        self.left_out = left_out
+
+    def holds(self, member: tarfile.TarInfo) -> FileState | None:
+        """The reader's state of `member` if it may be the same."""
+        kind = member_kind(member)
+        if kind == "hardlink":
+            return None
+        before = self.known.get(member.name)
+        if before is None or (kind, member.mode, mtime_ns_of(member)) != (
+                before.kind, before.mode, before.mtime_ns):
+            return None
+        if kind == "symlink" or (kind == "file" and member.size
+                                 == before.size <= _HELD_MOST):
+            return before
+        return None
+
+
 def _retarred(reader: TarReader, context: CheckContext, owner: Owner,
-              record: Record | None,
-              prefix: str) -> Generator[bytes, None, None]:
+              record: Record | None, prefix: str,
+              omit: _Omission) -> Generator[bytes, None, None]:
     for member in reader:
         checked = check_member(member, context)
         if checked is None:
             continue
-        state = yield from _member_chunks(reader, checked, owner, prefix)
+        before = omit.holds(checked)
+        if before is not None:
+            state = yield from _unless_unchanged(reader, checked, owner,
+                                                 prefix, before)
+            if state == before:
+                omit.left_out.add(checked.name)
+        elif member_kind(checked) == "hardlink" \
+                and checked.linkname in omit.left_out:
+            state = _link_state(checked)
+            omit.left_out.add(checked.name)
+        else:
+            state = yield from _member_chunks(reader, checked, owner, prefix)
         if record is not None:
             record[checked.name] = state
+
+
+def _unless_unchanged(
+    reader: TarReader, member: tarfile.TarInfo, owner: Owner, prefix: str,
+    before: FileState,
+) -> Generator[bytes, None, FileState]:
+    """The member's chunks, or none if it is as `before` says."""
+    chunks = _member_chunks(reader, member, owner, prefix)
+    held = []
+    while True:
+        try:
+            held.append(next(chunks))
+        except StopIteration as end:
+            state: FileState = end.value
+            break
+    if state != before:
+        yield from held
+    return state
 
 
 def _member_chunks(reader: TarReader, member: tarfile.TarInfo, owner: Owner,
@@ -92,9 +159,15 @@ def _member_chunks(reader: TarReader, member: tarfile.TarInfo, owner: Owner,
         mtime_ns=mtime_ns, owner=owner, size=member.size, linkname=linkname)
     if kind != "file":
         yield header
-        return FileState(kind, member.mode, member.linkname, 0, mtime_ns)
+        return _link_state(member)
     digest = yield from _file_chunks(reader, member, header)
     return FileState(kind, member.mode, digest, member.size, mtime_ns)
+
+
+def _link_state(member: tarfile.TarInfo) -> FileState:
+    """The state of a member with no data: a folder or a link."""
+    return FileState(member_kind(member), member.mode, member.linkname, 0,
+                     mtime_ns_of(member))
 
 
 def _file_chunks(reader: TarReader, member: tarfile.TarInfo,

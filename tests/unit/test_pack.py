@@ -10,7 +10,7 @@ import stat
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from tarpipe.errors import (
 )
 from tarpipe.filediff import FileState, file_state
 from tarpipe.owner import NOBODY, Owner
-from tarpipe.pack import pack_dir, pack_files
+from tarpipe.pack import pack_dir, pack_directories, pack_files
 from tarpipe.retar import retar
 
 NS = 1_000_000_000
@@ -596,3 +596,103 @@ def test_concat_makes_a_later_stream_when_the_earlier_ones_are_read() -> None:
         contents = {m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
                     for m in archive}
     assert contents["seen"] == b"a,b"
+
+
+# -- retar that leaves out what the reader has -------------------------
+
+
+def record_of(files: Mapping[str, bytes | str], mtime_ns: int) -> dict[str, FileState]:
+    record: dict[str, FileState] = {}
+    b"".join(pack_files(files, mtime_ns=mtime_ns, record=record))
+    return record
+
+
+def test_retar_leaves_out_exactly_the_files_the_reader_has_as_they_are(
+) -> None:
+    old = {"same.o": b"obj", "a/same.c": b"c", "edited.c": b"old",
+           "touched.c": b"t", "gone.c": b"g", "big": bytes(100_000)}
+    new = {"same.o": b"obj", "a/same.c": b"c", "edited.c": b"new",
+           "touched.c": b"t", "made.c": b"m", "big": bytes(100_000)}
+    already = record_of(old, 5)
+    source = concat(pack_files({k: v for k, v in new.items()
+                                if k != "touched.c"}, mtime_ns=5),
+                    pack_files({"touched.c": b"t"}, mtime_ns=6))
+    record: dict[str, FileState] = {}
+    left_out: set[str] = set()
+
+    data = b"".join(retar(source, owner=NOBODY, prefix="s.2/",
+                          record=record, already_there=already,
+                          left_out=left_out))
+
+    assert left_out == {"same.o", "a/same.c", "big"}
+    assert member_names(data) == ["s.2/a", "s.2/edited.c", "s.2/made.c",
+                                  "s.2/touched.c"]
+    assert set(record) == set(new) | {"a"}
+    assert record["same.o"] == already["same.o"]
+
+
+def test_retar_sends_a_file_whose_bytes_changed_behind_the_same_mtime(
+) -> None:
+    already = record_of({"x.o": b"one"}, 9)
+    left_out: set[str] = set()
+
+    data = b"".join(retar(pack_files({"x.o": b"two"}, mtime_ns=9),
+                          owner=NOBODY, already_there=already,
+                          left_out=left_out))
+
+    assert left_out == set()
+    assert by_name(read_members([data]))["x.o"][1] == b"two"
+
+
+def test_retar_sends_a_file_whose_mode_changed() -> None:
+    already = record_of({"run": b"x"}, 9)
+    left_out: set[str] = set()
+    source = pack_files({"run": b"x"}, mtime_ns=9, modes={"run": 0o755})
+
+    data = b"".join(retar(source, owner=NOBODY, already_there=already,
+                          left_out=left_out))
+
+    assert (left_out, member_names(data)) == (set(), ["run"])
+
+
+def test_retar_leaves_out_a_hard_link_to_a_file_left_out() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) \
+            as archive:
+        for name, target in [("a.o", ""), ("b.o", "a.o"), ("c.o", ""),
+                             ("d.o", "c.o")]:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.mode = 3, 0o644
+            if target:
+                info.type, info.linkname = tarfile.LNKTYPE, target
+                archive.addfile(info)
+            else:
+                info.size = 1
+                archive.addfile(info, io.BytesIO(name[:1].upper().encode()))
+    already = {"a.o": FileState("file", 0o644, hashlib.sha256(b"A")
+                                .hexdigest(), 1, 3 * NS)}
+    left_out: set[str] = set()
+    record: dict[str, FileState] = {}
+
+    data = b"".join(retar([buffer.getvalue()], owner=NOBODY,
+                          allow_links=True, already_there=already,
+                          left_out=left_out, record=record))
+
+    assert left_out == {"a.o", "b.o"}
+    assert member_names(data) == ["c.o", "d.o"]
+    assert record["b.o"].kind == "hardlink" and record["b.o"].digest == "a.o"
+
+
+def test_pack_directories_gives_each_folder_its_mode_and_exact_mtime(
+) -> None:
+    record = {"a": FileState("directory", 0o750, "", 0, 1_700_000_000_123_456_789),
+              "a/b": FileState("directory", 0o700, "", 0, -1),
+              "a/f": FileState("file", 0o644, "x", 1, 5)}
+
+    members = read_members(pack_directories(record, owner=NOBODY,
+                                            prefix="s.3/"))
+
+    assert [(info.name, info.isdir(), info.mode, mtime_ns_of(info))
+            for info, _ in members] == [
+        ("s.3/a", True, 0o750, 1_700_000_000_123_456_789),
+        ("s.3/a/b", True, 0o700, -1)]

@@ -10,7 +10,8 @@ from tarpipe import errors
 EXPECTED = {
     "NOBODY", "ArchiveError", "FileDiff", "FileState", "LimitExceededError",
     "Limits", "Owner", "StreamConsumedError", "SwapError", "TarPipeError",
-    "UnsafeMemberError", "diff", "pack_dir", "pack_files", "retar",
+    "UnsafeMemberError", "diff", "pack_dir", "pack_directories", "pack_files",
+    "retar",
     "unpack_into", "TarStream", "concat",
 }
 
