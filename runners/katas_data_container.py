@@ -9,21 +9,25 @@ network, like every container here).  One folder a kata::
     /katas/KATA_ID/git/                 bare repository, visible files
     /katas/KATA_ID/visible.json         head commit, visible files' digests
 
-A run costs two execs in the data container and one pre-started ("warm")
+A run costs two requests to the data container, each a script run
+through a long-lived exec session (`runners.session`: an exec costs
+about 60 ms here, a request about 2), and one pre-started ("warm")
 container from a pool (`runners.warm`):
 
-1. one exec writes the visible files that changed into the sandbox (the
-   only change a timed-out run leaves) and streams *all* sandbox files
-   out, through `retar` (checked, re-owned to `nobody`, mtimes exact to
-   the nanosecond), straight into the warm container, where
+1. one request writes the visible files that changed into the sandbox
+   (the only change a timed-out run leaves) and streams *all* sandbox
+   files out, through `retar` (checked, re-owned to `nobody`, mtimes
+   exact to the nanosecond), straight into the warm container, where
    `cyber-dojo.sh` runs;
 2. if it finished within its limit, all files stream back through
-   `retar` (re-owned to the outside owner) and, with the run's commit,
-   in one more exec into a new `s.TOKEN` beside the old one; the symlink
-   is flipped by one rename.  Until that rename the kata is exactly as
-   before; after it, exactly as the run left it.  A run that timed out,
-   or whose files broke a rule, brings nothing back: as if the attempt
-   was never made.
+   `retar` (re-owned to the outside owner) into a new `s.TOKEN` beside
+   the old one, with the run's commit, in one more request.  Files the
+   run left exactly as they were are not sent: they are hard-linked
+   from the old sandbox, since creating a file on the volume costs
+   thirty times a link.  The symlink is flipped by one rename.  Until
+   that rename the kata is exactly as before; after it, exactly as the
+   run left it.  A run that timed out, or whose files broke a rule,
+   brings nothing back: as if the attempt was never made.
 
 The manifest is read once per kata and process, then kept in memory;
 each script first checks the kata's branch is still where the manifest
@@ -51,7 +55,16 @@ import docker.errors
 from docker.models.containers import Container
 from dulwich.objects import ObjectID
 
-from tarpipe import NOBODY, Limits, Owner, TarStream, concat, pack_files, retar
+from tarpipe import (
+    NOBODY,
+    Limits,
+    Owner,
+    TarStream,
+    concat,
+    pack_directories,
+    pack_files,
+    retar,
+)
 from tarpipe.errors import TarPipeError
 from tarpipe.filediff import FileState, diff
 from tarpipe.memory import unpack_files
@@ -66,15 +79,7 @@ from ._base import (
     check_request,
     run_message,
 )
-from .container import (
-    MANAGED_LABEL,
-    ROLE_LABEL,
-    ContainerLimits,
-    ExecResult,
-    exec_in,
-    exec_out,
-    exec_through,
-)
+from .container import MANAGED_LABEL, ROLE_LABEL, ContainerLimits, ExecResult
 from .errors import ContainerError
 from .history import (
     BRANCH,
@@ -84,6 +89,7 @@ from .history import (
     loose_object_files,
 )
 from .images import GCC, require_image
+from .session import SessionPool
 from .warm import ContainerPool
 
 __all__ = ["KatasDataContainerRunner"]
@@ -104,6 +110,12 @@ _STALE = 75
 # (a full volume, say), whose room the commit may need.
 _CLEAR_OLD = ('keep=$(readlink sandbox); for old in s.*; do '
               '[ "$old" = "$keep" ] || rm -rf -- "$old"; done; ')
+# Perl, in the new sandbox folder: hard-link each "from\0to\0" pair of
+# its stdin, from in the current sandbox, to in this one.
+_LINKER = ('$/ = "\\0"; while (defined(my $from = <STDIN>)) { '
+           'my $to = <STDIN>; defined $to or die "odd link list\\n"; '
+           'chomp($from, $to); link("../sandbox/$from", $to) '
+           'or die "cannot link $to: $!\\n" }')
 GIT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 
 
@@ -113,6 +125,9 @@ class _Manifest:
 
     head: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
+    #: ids of the head commit's blobs, when this process wrote it: those
+    #: are in the repository, and need not be sent again
+    blobs: frozenset[bytes] = frozenset()
 
     @classmethod
     def parse(cls, data: bytes) -> _Manifest:
@@ -155,6 +170,8 @@ class KatasDataContainerRunner(Runner):
         self._manifests: dict[str, _Manifest] = {}
         self._pool = ContainerPool(self.client, limits=limits,
                                    size=pool_size)
+        self._sessions = SessionPool(self.client, self._data_container,
+                                     revive=self._revive_data_container)
 
     # -- the public calls ------------------------------------------------
 
@@ -202,8 +219,7 @@ class KatasDataContainerRunner(Runner):
         """The ids of the katas in the volume, sorted."""
         script = (f"cd {KATAS} && for name in *; do "
                   '[ -d "$name" ] && printf "%s\\n" "$name"; done; true')
-        output = b"".join(exec_out(self.client, self._data_container(),
-                                   ["sh", "-c", script]))
+        output = self._sessions.run(script)
         names = output.decode("utf-8", "replace").splitlines()
         return sorted(name for name in names if KATA_ID_PATTERN.fullmatch(name))
 
@@ -226,12 +242,14 @@ class KatasDataContainerRunner(Runner):
                 if run.timed_out or rejected:
                     self._commit(kata_id, visible, run, manifest, before)
                     return RunResult.of(run, rejected=rejected)
+                kept: set[str] = set()
                 back = retar(done.files, owner=self.owner,
                              limits=self.archive_limits, record=after,
-                             prefix=f"s.{token}/")
+                             prefix=f"s.{token}/", already_there=before,
+                             left_out=kept)
                 try:
                     self._commit(kata_id, visible, run, manifest, after,
-                                 back, token)
+                                 back, token, kept)
                 except TarPipeError as error:
                     if getattr(error, "status", None) == _STALE:
                         raise
@@ -250,16 +268,14 @@ class KatasDataContainerRunner(Runner):
         script = (f'cd {shlex.quote(folder)} 2>/dev/null || '
                   'exec head -c 1024 /dev/zero; '
                   f'exec {shlex.join(TAR_OUT)}')
-        return exec_out(self.client, self._data_container(),
-                        ["sh", "-c", script])
+        return self._sessions.call(script)
 
     def _manifest(self, kata_id: str) -> _Manifest:
         """What the last run left; read from the volume once per process."""
         manifest = self._manifests.get(kata_id)
         if manifest is None:
             script = f"cat {KATAS}/{kata_id}/visible.json 2>/dev/null || true"
-            output = b"".join(exec_out(self.client, self._data_container(),
-                                       ["sh", "-c", script]))
+            output = self._sessions.run(script)
             manifest = self._manifests[kata_id] = _Manifest.parse(output)
         return manifest
 
@@ -267,7 +283,7 @@ class KatasDataContainerRunner(Runner):
                                 manifest: _Manifest) -> Iterator[bytes]:
         """Write the visible files that changed; then stream the sandbox.
 
-        One exec: new and changed visible files in (the rest keep their
+        One request: new and changed visible files in (the rest keep their
         mtimes), dropped ones out, then every sandbox file out as tar.
         """
         changed = {name: content for name, content in visible.items()
@@ -279,8 +295,7 @@ class KatasDataContainerRunner(Runner):
                   f"cd sandbox/; rm -f -- {_words(gone)}; "
                   f"{shlex.join(TAR_IN)} .; exec {shlex.join(TAR_OUT)}")
         stream = pack_files(changed, mtime_ns=self.clock(), owner=self.owner)
-        return exec_through(self.client, self._data_container(),
-                            ["sh", "-c", script], stream)
+        return self._sessions.call(script, stream)
 
     def _commit(
         self,
@@ -291,16 +306,22 @@ class KatasDataContainerRunner(Runner):
         sandbox: Mapping[str, FileState],
         files: TarStream | None = None,
         token: str = "",
+        kept: set[str] | None = None,
     ) -> None:
         """Commit the visible files; with the run's `files`, swap them in.
 
-        One exec, one tar stream: the run's files into a new `s.TOKEN`
-        folder beside the current sandbox, then the new history objects,
-        then the new branch and manifest.  The manifest comes last, so its
-        arrival proves the whole stream did (GNU tar takes an archive cut
-        at a member's end for a whole one).  Only then do the sandbox
-        link, the branch and the manifest each move by one rename, in
-        that order; older sandboxes are removed after.
+        One script, one tar stream: the run's files into a new `s.TOKEN`
+        folder beside the current sandbox, then the new history objects
+        (blobs the last commit has are not sent again), then the list of
+        files `kept` as they were, which `files` left out, then the run's
+        folders again, then the new branch and manifest.  The manifest
+        comes last, so its arrival proves the whole stream did (GNU tar
+        takes an archive cut at a member's end for a whole one).  Only
+        then are the kept files hard-linked from the current sandbox
+        (a link costs a thirtieth of a new file here) and the folders'
+        mtimes, which the links changed, put back; then the sandbox link,
+        the branch and the manifest each move by one rename, in that
+        order; older sandboxes are removed after.
         """
         kata = f"{KATAS}/{kata_id}"
         parent = ObjectID(manifest.head.encode()) if manifest.head else None
@@ -308,35 +329,48 @@ class KatasDataContainerRunner(Runner):
             visible, parent=parent, message=run_message(run),
             commit_time=self.clock() // 1_000_000_000,
             executable=[name for name in visible if name.endswith(".sh")])
+        blobs = frozenset(each.id for each in objects
+                          if each.type_name == b"blob")
+        new_objects = [each for each in objects
+                       if each.id not in manifest.blobs]
         updated: list[_Manifest] = []
 
         def history() -> TarStream:
             # Made when the run's files have gone by and filled `sandbox`.
             digests = {name: state.digest for name, state in sandbox.items()
                        if name in visible and state.kind == "file"}
-            updated.append(_Manifest(commit_id.decode(), digests))
+            updated.append(_Manifest(commit_id.decode(), digests, blobs))
             branch = BRANCH.decode()
             members = {f"git/{path}": data
-                       for path, data in loose_object_files(objects).items()}
+                       for path, data in loose_object_files(new_objects).items()}
             members["git/HEAD"] = b"ref: " + BRANCH + b"\n"
             members["git/config"] = GIT_CONFIG
             members[f"git/{branch}.new"] = commit_id + b"\n"
+            if files is not None:
+                members["links.new"] = _link_list(kept or set(), sandbox)
+                members["folders.new"] = b"".join(pack_directories(
+                    sandbox, owner=self.owner, prefix=f"s.{token}/"))
             members["visible.json.new"] = updated[0].dump()
             return pack_files(members, mtime_ns=self.clock(),
                               owner=self.owner, mode=0o444)
 
         stream = concat(*([files] if files is not None else []), history)
-        flip = (f"ln -sfn s.{token} sandbox.new && mv -T sandbox.new sandbox; "
-                if files is not None else "")
+        folder, flip = "", ""
+        if files is not None:
+            folder = f"mkdir s.{token}; "
+            flip = (f"(cd s.{token} && perl -e {shlex.quote(_LINKER)} "
+                    "< ../links.new); "
+                    f"{shlex.join(TAR_IN)} . -f folders.new; "
+                    "rm -f links.new folders.new; "
+                    f"ln -sfn s.{token} sandbox.new && mv -T sandbox.new sandbox; ")
         script = (
             f"set -e; cd {kata}; {_still_at(manifest.head)}{_CLEAR_OLD}"
-            "rm -f visible.json.new; "
+            f"rm -f visible.json.new links.new folders.new; {folder}"
             f"{shlex.join(TAR_IN)} .; test -f visible.json.new; {flip}"
             f"mv -f git/{BRANCH.decode()}.new git/{BRANCH.decode()}; "
             f"mv -f visible.json.new visible.json; {_CLEAR_OLD}")
         self._manifests.pop(kata_id, None)
-        exec_in(self.client, self._data_container(), ["sh", "-c", script],
-                stream)
+        self._sessions.run(script, stream)
         self._manifests[kata_id] = updated[0]
 
     # -- the data container -------------------------------------------------
@@ -347,6 +381,13 @@ class KatasDataContainerRunner(Runner):
             if self._data is None:
                 self._data = self._start_data_container()
             return self._data
+
+    def _revive_data_container(self) -> str:
+        """The data container again, started if it stopped (say, with the
+        engine): called when a session cannot be opened in it."""
+        with self._data_lock:
+            self._data = None
+        return self._data_container()
 
     def _start_data_container(self) -> str:
         require_image(self.client, self.data_image)
@@ -378,6 +419,7 @@ class KatasDataContainerRunner(Runner):
     def close(self) -> None:
         """Remove the warm containers; forget the data container (it stays)."""
         self._pool.close()
+        self._sessions.close()
         self._data = None
         super().close()
 
@@ -388,6 +430,20 @@ def _still_at(head: str | None) -> str:
     ref = f"git/{BRANCH.decode()}"
     return (f'[ "$(cat {ref} 2>/dev/null || true)" = "{head or ""}" ] '
             f"|| exit {_STALE}; ")
+
+
+def _link_list(kept: set[str], sandbox: Mapping[str, FileState]) -> bytes:
+    """The "from\0to\0" pairs that put the kept files in the new sandbox.
+
+    A kept file or link comes from itself; a hard link, kept because
+    its target was, comes from that target.
+    """
+    names: list[str] = []
+    for name in sorted(kept):
+        state = sandbox[name]
+        names += [state.digest if state.kind == "hardlink" else name, name]
+    return b"".join(name.encode("utf-8", "surrogateescape") + b"\0"
+                    for name in names)
 
 
 def _digest(content: bytes) -> str:

@@ -126,6 +126,57 @@ def test_a_source_edited_in_the_second_its_object_was_built_is_rebuilt(
     assert compiled(result) == ["step11"]
 
 
+# GNU find: kind, path, mtime (seconds.fraction), permission bits.
+LISTING = ("find . -mindepth 1 ! -name cyber-dojo.sh "
+           "-printf '%y %P %T@ %m\\n' | sort > /tmp/listing; "
+           "echo ---; cat /tmp/listing")
+
+
+def listed(result: RunResult) -> dict[str, tuple[str, int, int]]:
+    """The tree a run listed with LISTING: path -> (kind, mtime_ns, mode)."""
+    assert result.status == 0, result
+    found = {}
+    for line in result.stdout.split("---\n", 1)[1].splitlines():
+        kind, path, mtime, mode = line.split(" ")
+        seconds, _, fraction = mtime.partition(".")
+        mtime_ns = int(seconds) * 10**9 + int(fraction.ljust(9, "0")[:9])
+        found[path] = ("directory" if kind == "d" else "file", mtime_ns,
+                       int(mode, 8))
+    return found
+
+
+def snapshot_listing(runner: Any, kata_id: str
+                     ) -> dict[str, tuple[str, int, int]]:
+    return {name: (state.kind, state.mtime_ns, state.mode)
+            for name, state in runner.snapshot(kata_id).items()
+            if name != "cyber-dojo.sh"}
+
+
+def test_every_file_and_folder_comes_back_as_the_run_left_it(
+    katas_runner: Any, kata_id: str
+) -> None:
+    first = ("mkdir -p lib/a lib/b was-dir old-dir; echo 1 > lib/a/one.c; "
+             "echo 2 > lib/b/two.c; echo 3 > was-file; echo x > was-dir/x; "
+             "echo g > old-dir/gone; echo k > kept.o; echo t > touched.o; "
+             "echo e > edited.o; echo d > deleted.o; chmod 700 lib/b; ")
+    second = ("rm -r was-dir old-dir deleted.o was-file; echo now > was-dir; "
+              "mkdir -p was-file/inner; echo i > was-file/inner/i; "
+              "sleep 0.01; touch touched.o; echo E > edited.o; "
+              "echo 3 > lib/a/three.c; chmod 640 lib/a/one.c; ")
+
+    for script in (first, second, ""):
+        files = {"cyber-dojo.sh": script + LISTING}
+        result = katas_runner.run(kata_id, GCC, files, max_seconds=20)
+        assert snapshot_listing(katas_runner, kata_id) == listed(result)
+
+    after = snapshot_listing(katas_runner, kata_id)
+    assert {"kept.o", "lib/a/three.c", "was-dir", "was-file/inner/i"} \
+        <= after.keys()
+    assert not {"deleted.o", "old-dir", "was-dir/x"} & after.keys()
+    assert after["was-dir"][0] == "file" and after["was-file"][0] == "directory"
+    assert after["lib/a/one.c"][2] == 0o640
+
+
 def test_a_timed_out_run_leaves_the_data_container_kata_as_it_was(
     data_runner: KatasDataContainerRunner, kata_id: str
 ) -> None:
