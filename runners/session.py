@@ -17,10 +17,12 @@ order between an exec's stdout and stderr, so those are never mixed)::
                "E <length>\\n" bytes (stderr), then "X <status>\\n"
 
 The server discards what a script leaves unread, so a script that stops
-early (`exit 75`) leaves the session at a clean boundary; a client that
-stops in the middle of a request closes the session instead, and the
-server, seeing its stdin end, lets the script's input end too, as the
-exec's own socket closing would. A `SessionPool` keeps a few idle
+early (`exit 75`) leaves the session at a clean boundary. A reader that
+stops before the end of a request's output (a tar reader stops at the
+end-of-archive blocks, before tar's padding) has the rest drained when
+it is little and soon over, keeping the session; otherwise the session
+is closed, and the server, seeing its stdin end, lets the script's
+input end too, as the exec's own socket closing would. A `SessionPool` keeps a few idle
 sessions, opened on demand and closed with the pool; a session found
 dead (the container stopped) is dropped, never reused.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Final
 
@@ -57,6 +60,11 @@ log = logging.getLogger(__name__)
 _FRAME: Final = 256 * 1024
 # A response header ("O 262144") is short; more is a broken stream.
 _HEADER_CAP: Final = 64
+# What a request whose reader stopped early may still send, and how long
+# it may take to, for the session to be kept: GNU tar pads its output to
+# a 10 KiB record after the end-of-archive blocks a reader stops at.
+_DRAIN_BYTES: Final = 256 * 1024
+_DRAIN_SECONDS: Final = 2.0
 
 SERVER: Final = r"""
 use strict; use warnings; use POSIX (); use Fcntl;
@@ -180,7 +188,11 @@ class Session:
         self.io_timeout = io_timeout
         self._exec_id, self._conn = _start_exec(
             client, container_id, ["perl", "-e", SERVER], stdin=True)
-        self._frames = _frames(self._conn.idle_reader(io_timeout))
+        # No read waits past this (monotonic) time: set while draining.
+        self._until = float("inf")
+        self._frames = _frames(self._recv)
+        # The frame being answered, and how much of it is still to come.
+        self._tag, self._left = b"", 0
         self._buffer = bytearray()
         self._errors = _Capped(_STDERR_CAP)  # the server's own, if any
         self._open = True
@@ -221,6 +233,9 @@ class Session:
         except _InputBroke as broke:
             # The session is at a boundary: still usable.
             raise broke.error from None
+        except GeneratorExit:
+            self._drain()
+            raise
         except BaseException:
             self.close()
             raise
@@ -267,19 +282,57 @@ class Session:
             pass
 
     def _answer(self, stderr: _Capped) -> Generator[bytes, None, int]:
-        """Yield the O frames, keep the E frames; return the status."""
+        """Yield the O frames, keep the E frames; return the status.
+
+        Picks up inside a frame where an earlier reader stopped.
+        """
         while True:
-            tag, number = self._header()
-            if tag == b"X":
-                return number
-            left = number
-            while left:
-                piece = self._read(left)
+            if not self._left:
+                tag, number = self._header()
+                if tag == b"X":
+                    return number
+                self._tag, self._left = tag, number
+            piece = self._read(self._left)
+            self._left -= len(piece)
+            if self._tag == b"O":
+                yield piece
+            else:
+                stderr.add(piece)
+
+    def _drain(self) -> None:
+        """Read what is left of an answer nobody reads any more.
+
+        The session is kept if the answer ends within _DRAIN_BYTES and
+        _DRAIN_SECONDS; else it is closed, which ends the script's input
+        and stops the server.
+        """
+        left = _DRAIN_BYTES
+        self._until = time.monotonic() + _DRAIN_SECONDS
+        try:
+            for piece in self._answer(_Capped(0)):
                 left -= len(piece)
-                if tag == b"O":
-                    yield piece
-                else:
-                    stderr.add(piece)
+                if left < 0:
+                    break
+            else:
+                log.debug("session %s: drained an answer read in part",
+                          self._exec_id[:12])
+                return
+        except ContainerError:
+            pass
+        finally:
+            self._until = float("inf")
+        self.close()
+
+    def _recv(self, size: int) -> bytes:
+        """Up to `size` bytes of the exec's output; b"" at its end."""
+        deadline = min(time.monotonic() + self.io_timeout, self._until)
+        try:
+            return self._conn.read(size, deadline)
+        except _DeadlinePassed:
+            raise ContainerError(
+                f"the session wrote nothing for {self.io_timeout} s"
+                if deadline < self._until else
+                "the session's answer did not end in time") from None
 
     def _header(self) -> tuple[bytes, int]:
         while (end := self._buffer.find(b"\n")) < 0:

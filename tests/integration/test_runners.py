@@ -177,6 +177,23 @@ def test_every_file_and_folder_comes_back_as_the_run_left_it(
     assert after["lib/a/one.c"][2] == 0o640
 
 
+def test_data_container_runs_start_no_exec_once_a_session_is_open(
+    docker_client: docker.DockerClient,
+    data_runner: KatasDataContainerRunner, kata_id: str
+) -> None:
+    files = kata_files()
+    data_runner.run(kata_id, GCC, files)
+    data = f"{data_runner.volume}-data"
+    before = set(docker_client.api.inspect_container(data)["ExecIDs"] or [])
+
+    for number in range(3):
+        files = {**files, "step01.c": files["step01.c"] + b"\n" * number}
+        assert data_runner.run(kata_id, GCC, files).status == 0
+
+    after = set(docker_client.api.inspect_container(data)["ExecIDs"] or [])
+    assert after - before == set()
+
+
 def test_a_timed_out_run_leaves_the_data_container_kata_as_it_was(
     data_runner: KatasDataContainerRunner, kata_id: str
 ) -> None:

@@ -105,6 +105,33 @@ def test_a_request_left_half_read_closes_the_session(
         list(session.call("true"))
 
 
+def test_a_reader_that_stops_just_short_of_the_end_keeps_the_session(
+    docker_client: docker.DockerClient, container: str, session: Session
+) -> None:
+    # As a tar reader stops at the end-of-archive blocks, before the
+    # padding that ends tar's last record.
+    output = session.call("head -c 70000 /dev/zero; sleep 0.2")
+    next(output)
+    output.close()
+
+    assert session.usable
+    assert b"".join(session.call("echo next")) == b"next\n"
+    assert perl_servers(docker_client, container) == 1
+
+
+def test_a_reader_that_stops_while_the_script_goes_on_closes_the_session(
+    session: Session
+) -> None:
+    output = session.call("echo first; sleep 30")
+    next(output)
+
+    started = time.monotonic()
+    output.close()
+
+    assert time.monotonic() - started < 3
+    assert not session.usable
+
+
 def test_a_pool_reuses_its_sessions_and_ends_them_when_closed(
     docker_client: docker.DockerClient, container: str
 ) -> None:
