@@ -12,11 +12,13 @@ from typing import Any, Self
 
 import docker
 
-from tarpipe import pack_files
-from tarpipe.filediff import FileDiff
+from tarpipe import Limits, TarStream, pack_files
+from tarpipe.errors import LimitExceededError, UnsafeMemberError
+from tarpipe.filediff import FileDiff, FileState
 
 from .container import ExecResult
 from .errors import BadRequestError
+from .warm import WarmRun
 
 __all__ = ["RunResult", "Runner", "check_request"]
 
@@ -120,6 +122,56 @@ def _as_bytes(name: str, content: Any) -> bytes:
         return content
     raise BadRequestError(
         f"visible file {name!r} must be str or bytes, not {type(content).__name__}")
+
+
+def files_back(done: WarmRun, before: Mapping[str, FileState]
+               ) -> tuple[TarStream, dict[str, FileState]]:
+    """What to read of a finished run's files, and what it left alone.
+
+    `before` is the record of the sandbox as it went in. With the
+    driver's listing, a file listed with the permission bits, size and
+    mtime (to the nanosecond) it went in with is taken to be unchanged,
+    as `make` would take it, and is not sent back; everything else is
+    asked for, every folder included (alone). Returns the stream to read
+    and the states of the files left alone; without a listing, all the
+    files and an empty dict.
+    """
+    listing = done.listing
+    if listing is None:
+        return done.files, {}
+    same = {}
+    for name, entry in listing.items():
+        state = before.get(name)
+        if state is not None and state.kind == entry.kind == "file" and (
+                state.mode, state.size, state.mtime_ns) == (
+                entry.mode, entry.size, entry.mtime_ns):
+            same[name] = state
+    return done.fetch(name for name in listing if name not in same), same
+
+
+def merged_sandbox(same: Mapping[str, FileState],
+                   fetched: Mapping[str, FileState],
+                   limits: Limits) -> dict[str, FileState]:
+    """The sandbox after a run: the files it left alone, and those read.
+
+    Raises UnsafeMemberError when a file left alone is not in a folder
+    that came back (the listing and the files disagree), and
+    LimitExceededError when the whole passes `limits`.
+    """
+    after = {**same, **fetched}
+    for name in same.keys() - fetched.keys():
+        folder = name.rpartition("/")[0]
+        if folder and getattr(after.get(folder), "kind", "") != "directory":
+            raise UnsafeMemberError(name, "its folder did not come back")
+    if len(after) > limits.max_members:
+        raise LimitExceededError("(the sandbox)", "max_members", len(after),
+                                 limits.max_members)
+    total = sum(state.size for state in after.values()
+                if state.kind == "file")
+    if total > limits.max_total_bytes:
+        raise LimitExceededError("(the sandbox)", "max_total_bytes", total,
+                                 limits.max_total_bytes)
+    return after
 
 
 class Runner:

@@ -674,6 +674,18 @@ class _ExecSocket:
         self._sock.close()
         self._raw.close()
 
+    def quiet(self) -> bool:
+        """Nothing to read, not even the end: the other side is waiting.
+
+        For a socket at a point where the exec should say nothing, this
+        tells whether it has ended meanwhile (its container stopped).
+        """
+        if self._pending:
+            return False
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        return not poller.poll(0)
+
     def shutdown_write(self) -> None:
         """End the exec's stdin; its output can still be read."""
         # OSError: the exec already ended, and its status will tell why.

@@ -33,7 +33,6 @@ essential package).
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -205,10 +204,7 @@ class Session:
             return False
         # At a boundary the server says nothing: a readable socket means
         # it has ended (the container stopped, say).
-        poller = select.poll()
-        poller.register(self._conn._sock, select.POLLIN)
-        if not poller.poll(0) and not self._buffer \
-                and not self._conn._pending:
+        if not self._buffer and self._conn.quiet():
             return True
         log.debug("session %s has ended", self._exec_id[:12])
         self.close()

@@ -8,10 +8,17 @@ from collections.abc import Mapping
 
 import docker
 
-from tarpipe import NOBODY, TarPipeError, pack_files, retar
+from tarpipe import NOBODY, Limits, TarPipeError, pack_files, retar
 from tarpipe.filediff import FileState, diff
 
-from ._base import Clock, Runner, RunResult, check_request
+from ._base import (
+    Clock,
+    Runner,
+    RunResult,
+    check_request,
+    files_back,
+    merged_sandbox,
+)
 from .container import ContainerLimits
 from .images import require_image
 from .warm import ContainerPool
@@ -55,7 +62,6 @@ class TmpRunner(Runner):
         visible = check_request(kata_id, files, max_seconds)
         require_image(self.client, image)
         before: dict[str, FileState] = {}
-        after: dict[str, FileState] = {}
         stream = pack_files(visible, mtime_ns=self.clock(), owner=NOBODY,
                             record=before)
         warm = self._pool.take(image)
@@ -63,9 +69,12 @@ class TmpRunner(Runner):
             with warm.run(stream, max_seconds=max_seconds) as done:
                 if done.result.timed_out or done.failure:
                     return RunResult.of(done.result, rejected=done.failure)
+                stream, same = files_back(done, before)
+                fetched: dict[str, FileState] = {}
                 try:
-                    for _ in retar(done.files, owner=NOBODY, record=after):
+                    for _ in retar(stream, owner=NOBODY, record=fetched):
                         pass  # only the record of what is there is wanted
+                    after = merged_sandbox(same, fetched, Limits())
                 except TarPipeError as error:
                     return RunResult.of(done.result, rejected=str(error))
         finally:

@@ -63,11 +63,11 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, NamedTuple
 
 import docker
 import docker.errors
@@ -76,6 +76,7 @@ from docker.models.containers import Container
 
 from tarpipe._header import BLOCK
 from tarpipe._stream import TarStream
+from tarpipe.errors import StreamConsumedError
 
 from .container import (
     MANAGED_LABEL,
@@ -89,7 +90,9 @@ from .container import (
     _engine,
     _ExecEnded,
     _ExecSocket,
+    _frame_header,
     _frames,
+    _read_exactly,
     remove_container,
     untar_command,
 )
@@ -99,9 +102,11 @@ __all__ = [
     "PIDNS_LABEL",
     "ROLE",
     "ContainerPool",
+    "Listed",
     "WarmContainer",
     "WarmRun",
     "dead_leftovers",
+    "parse_listing",
     "pid_namespace",
 ]
 
@@ -137,6 +142,14 @@ _TAR_OUT_GNU: Final = [
     "--numeric-owner", "--pax-option=delete=atime,delete=ctime",
     "-C", SANDBOX, "."]
 _TAR_OUT_BUSYBOX: Final = ["tar", "-c", "-f", "-", "-C", SANDBOX, "."]
+# The members named on stdin, NUL-terminated, each alone (a folder
+# without its entries), none taken for an option.
+_TAR_NAMED_GNU: Final = [
+    *_TAR_OUT_GNU[:-1], "--no-recursion", "--null", "--verbatim-files-from",
+    "-T", "-"]
+# The largest listing of the sandbox sent; a bigger one (over 20,000
+# entries of average names) is replaced by all the files.
+_LIST_CAP: Final = 4 * 1024 * _KiB
 
 # The driver: POSIX sh, for dash and busybox ash. Its own stdout carries
 # only the tar stream; its stderr only the records. Everything before
@@ -146,6 +159,14 @@ set -u
 w=/tmp/.tarpipe-warm
 mkdir -m 700 "$w" && mkfifo "$w/out" "$w/err" || exit 120
 case $(tar --version 2>/dev/null) in *"GNU tar"*) gnu=1 ;; *) gnu= ;; esac
+list=
+if @LISTS@ && [ -n "$gnu" ] \
+    && tar --help 2>/dev/null | grep -q -e --verbatim-files-from \
+    && find /dev/null -maxdepth 0 -printf '' 2>/dev/null; then
+  list=1; printf 'hello tarpipe list\n' >&2
+else
+  printf 'hello tarpipe all\n' >&2
+fi
 IFS=' ' read -r out_cap err_cap nonce || exit 121
 case "$out_cap/$err_cap" in *[!0-9/]*|/*|*/) exit 122 ;; esac
 if [ -n "$gnu" ]; then @UNTAR_GNU@; else @UNTAR_BUSYBOX@; fi 2>"$w/untar"
@@ -170,7 +191,17 @@ kill -9 -1 2>/dev/null
 set -- $(wc -c "$w/out.txt" "$w/err.txt")
 printf 'result %s %d %d %d\n' "$nonce" "$status" "$1" "$3" >&2
 cat "$w/out.txt" "$w/err.txt" >&2
-if [ -n "$gnu" ]; then @TAR_OUT_GNU@; else @TAR_OUT_BUSYBOX@; fi 2>"$w/tar"
+if [ -n "$list" ] && TZ=UTC0 find @SANDBOX@ -mindepth 1 \
+    -printf '%y %m %s %Ts %TS %P\0' >"$w/list" 2>/dev/null \
+    && set -- $(wc -c "$w/list") && [ "$1" -le @LIST_CAP@ ]; then
+  printf 'list %s 0 %d\n' "$nonce" "$1" >&2
+  cat "$w/list" >&2; rm -f "$w/list"
+  @TAR_NAMED_GNU@ 2>"$w/tar"
+else
+  [ -z "$list" ] || printf 'list %s 1 0\n' "$nonce" >&2
+  rm -f "$w/list"
+  if [ -n "$gnu" ]; then @TAR_OUT_GNU@; else @TAR_OUT_BUSYBOX@; fi 2>"$w/tar"
+fi
 status=$?
 [ -s "$w/tar" ] || { printf 'files %s %d 0\n' "$nonce" "$status" >&2; exit; }
 set -- $(wc -c "$w/tar")
@@ -180,7 +211,8 @@ head -c "$n" "$w/tar" >&2
 """
 
 
-def _driver_script(as_root: bool) -> str:
+def _driver_script(as_root: bool, lists: bool) -> str:
+    """The driver; `lists`: list the sandbox, send only what is asked."""
     def untar(gnu_tar: bool) -> str:
         return shlex.join(untar_command(SANDBOX, gnu_tar=gnu_tar,
                                         as_root=as_root))
@@ -190,12 +222,66 @@ def _driver_script(as_root: bool) -> str:
         "@UNTAR_BUSYBOX@": untar(False),
         "@TAR_OUT_GNU@": shlex.join(_TAR_OUT_GNU),
         "@TAR_OUT_BUSYBOX@": shlex.join(_TAR_OUT_BUSYBOX),
+        "@TAR_NAMED_GNU@": shlex.join(_TAR_NAMED_GNU),
+        "@SANDBOX@": SANDBOX,
+        "@LIST_CAP@": str(_LIST_CAP),
         "@MESSAGE_CAP@": str(_MESSAGE_CAP),
+        "@LISTS@": "true" if lists else "false",
     }
     script = _DRIVER
     for mark, text in parts.items():
         script = script.replace(mark, text)
     return script
+
+
+class Listed(NamedTuple):
+    """One entry of the sandbox as the driver listed it after the run.
+
+    `kind` is "file", "directory", "symlink", or another word for what
+    the sandbox must not hold ("fifo", "socket", "device", "unknown");
+    `mode` the permission bits; `mtime_ns` exact.
+    """
+
+    kind: str
+    mode: int
+    size: int
+    mtime_ns: int
+
+
+_LISTED_KINDS: Final = {b"f": "file", b"d": "directory", b"l": "symlink",
+                        b"p": "fifo", b"s": "socket", b"b": "device",
+                        b"c": "device"}
+_LISTED: Final = re.compile(
+    rb"([a-zA-Z]) ([0-7]{1,7}) ([0-9]{1,20}) (-?[0-9]{1,20}) "
+    rb"[0-9]{2}(?:\.([0-9]{1,10}))? (.+)", re.DOTALL)
+
+
+def _name_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def parse_listing(data: bytes) -> dict[str, Listed]:
+    """The driver's listing: `find -printf '%y %m %s %Ts %TS %P\\0'`.
+
+    `%Ts` is the whole second (floored, as the kernel keeps it) and the
+    fraction of `%TS` the nanoseconds, so times before 1970 come out
+    right too (`%T@` prints them as -101.5 for -100.5 s). Raises
+    ContainerError for an entry that is not of that form.
+    """
+    listing: dict[str, Listed] = {}
+    for entry in data.split(b"\0")[:-1] if data else []:
+        match = _LISTED.fullmatch(entry)
+        if match is None:
+            raise ContainerError(f"the sandbox listing has a garbled entry: "
+                                 f"{entry[:80]!r}")
+        kind, mode, size, seconds, fraction, name = match.groups()
+        nanoseconds = int((fraction or b"").ljust(9, b"0")[:9])
+        listing[name.decode("utf-8", "surrogateescape")] = Listed(
+            _LISTED_KINDS.get(kind, "unknown"), int(mode, 8), int(size),
+            int(seconds) * 1_000_000_000 + nanoseconds)
+    if data and not data.endswith(b"\0"):
+        raise ContainerError("the sandbox listing ends inside an entry")
+    return listing
 
 
 @dataclass(frozen=True)
@@ -212,6 +298,14 @@ class WarmRun:
     once (StreamConsumedError the second time). When the run timed out
     or failed, reading `files` raises ContainerError at once.
 
+    `listing`, from an image with GNU tar and GNU find, is every entry
+    of the sandbox after the run, by name; `fetch(names)` is then a
+    stream of just those members (each folder alone, without its
+    entries), so that files a run left as they were need not travel.
+    Without a listing (busybox, or a sandbox too big to list), `fetch`
+    gives all the files, as `files` does. Only one of `files` and
+    `fetch` can be read.
+
     `failure` is empty, or says why the run has no trustworthy result:
     the driver's report was garbled or forged, or the driver died. Then
     `result.status` is None and `result.timed_out` False.
@@ -223,8 +317,17 @@ class WarmRun:
     result: ExecResult
     files: TarStream
     failure: str = ""
+    listing: Mapping[str, Listed] | None = None
+    _fetch: Callable[[list[str]], TarStream] | None = field(
+        default=None, repr=False, compare=False)
     _release: Callable[[], None] = field(default=lambda: None, repr=False,
                                          compare=False)
+
+    def fetch(self, names: Iterable[str]) -> TarStream:
+        """The members `names` of the listing (all, without one)."""
+        if self._fetch is None or self.listing is None:
+            return self.files
+        return self._fetch(sorted(names, key=_name_bytes))
 
     def close(self) -> None:
         """Stop reading `files` and close the socket; harmless twice."""
@@ -283,6 +386,8 @@ class WarmContainer:
         self._container: Container | None = None
         self._conn: _ExecSocket | None = None
         self._used = False
+        # Whether the driver lists the sandbox after a run (its hello).
+        self._lists = False
 
     def __enter__(self) -> WarmContainer:
         self.start()
@@ -303,6 +408,16 @@ class WarmContainer:
             raise ContainerError("the warm container is not started")
         return str(self._container.id)
 
+    @property
+    def ready(self) -> bool:
+        """Started, not run yet, and its driver still waiting for a run.
+
+        False once the container has stopped (the engine restarted, say):
+        its socket has ended.
+        """
+        return (self._conn is not None and not self._used
+                and self._conn.quiet())
+
     def start(self) -> None:
         """Create the container, attach to it, start it.
 
@@ -319,6 +434,7 @@ class WarmContainer:
             self._conn = _ExecSocket(raw)
             with _engine(f"start container {self.id[:12]}"):
                 self._container.start()
+            self._lists = _read_hello(self._conn, self.io_timeout)
         except BaseException:
             log.warning("warm container %s did not start; removing it",
                         self.id[:12])
@@ -356,7 +472,7 @@ class WarmContainer:
         conn = self._claim()
         nonce = secrets.token_hex(16)
         report = _Report(nonce, stdout_cap + 1, stderr_cap + 1)
-        talk = _Conversation(conn, report, self.io_timeout)
+        talk = _Conversation(conn, report, self.io_timeout, self._lists)
         try:
             head = f"{stdout_cap + 1} {stderr_cap + 1} {nonce}\n".encode()
             self._send(conn, head, chunks)
@@ -396,7 +512,9 @@ class WarmContainer:
     def _create(self) -> Container:
         options = self._sandbox._create_options()
         options["labels"][PIDNS_LABEL] = pid_namespace()
-        command = ["sh", "-c", _driver_script(self._sandbox.uid == 0),
+        # A bind-mounted sandbox is not read back: no listing.
+        lists = self._sandbox.sandbox_mount is None
+        command = ["sh", "-c", _driver_script(self._sandbox.uid == 0, lists),
                    "tarpipe-warm"]
         with _engine(f"create a warm container from {self.image!r}"):
             try:
@@ -432,7 +550,10 @@ class WarmContainer:
         except _DeadlinePassed:
             raise ContainerError(f"container {self.id[:12]} took no input "
                                  f"for {self.io_timeout} s") from None
-        conn.shutdown_write()
+        if not self._lists:
+            # busybox tar reads to the end of its input; a listing
+            # driver reads the names to send after the run.
+            conn.shutdown_write()
 
     def _finish(self, talk: _Conversation, max_seconds: float,
                 stdout_cap: int, stderr_cap: int) -> WarmRun:
@@ -459,11 +580,21 @@ class WarmContainer:
                 str(failure))
         status, stdout, stderr = result
         log.debug("warm container %s: status %d", self.id[:12], status)
+        run = ExecResult(stdout[:stdout_cap], stderr[:stderr_cap],
+                         len(stdout) > stdout_cap, len(stderr) > stderr_cap,
+                         status, False, time.monotonic() - started)
+        try:
+            listing = talk.wait_for_listing()
+        except (_Failure, ContainerError) as failure:
+            log.warning("warm container %s: %s", self.id[:12], failure)
+            talk.close()
+            return WarmRun(run, TarStream(_no_files(
+                f"the sandbox listing failed: {failure}")),
+                f"the sandbox listing failed: {failure}")
         return WarmRun(
-            ExecResult(stdout[:stdout_cap], stderr[:stderr_cap],
-                       len(stdout) > stdout_cap, len(stderr) > stderr_cap,
-                       status, False, time.monotonic() - started),
-            TarStream(talk.files()), _release=talk.close)
+            run, TarStream(talk.files()), listing=listing,
+            _fetch=lambda names: TarStream(talk.files(names)),
+            _release=talk.close)
 
 
 def _no_files(reason: str) -> Generator[bytes, None, None]:
@@ -492,10 +623,12 @@ class _Record:
 # a part of the bytes that follow the header)
 _FIELDS: Final = {"untar": ("size",), "start": (),
                   "result": ("status", "size", "size"),
+                  "list": ("status", "size"),
                   "files": ("status", "size")}
 # after each record, the kinds that may come next
 _NEXT: Final = {"": ("untar", "start"), "untar": (), "start": ("result",),
-                "result": ("files",), "files": ()}
+                "result": ("list", "files"), "list": ("files",),
+                "files": ()}
 _HEADER: Final = re.compile(
     rb"([a-z]{1,8}) ([0-9a-f]{32})((?: [0-9]{1,10})*)\n")
 
@@ -514,6 +647,7 @@ class _Report:
         # the largest value of each number of each kind
         self._caps = {"untar": (_MESSAGE_CAP,), "start": (),
                       "result": (255, stdout_cap, stderr_cap),
+                      "list": (1, _LIST_CAP),
                       "files": (255, _MESSAGE_CAP)}
         self._buffer = bytearray()
         self._last = ""
@@ -580,12 +714,17 @@ class _Conversation:
     """
 
     def __init__(self, conn: _ExecSocket, report: _Report,
-                 io_timeout: float) -> None:
+                 io_timeout: float, lists: bool) -> None:
         self.conn = conn
         self.report = report
         self.io_timeout = io_timeout
         self.deadline: float | None = None
         self.early = bytearray()
+        #: whether the driver sends a `list` record and waits for names
+        self.lists = lists
+        #: the listing, when the driver sent one (waiting for names)
+        self.listing: dict[str, Listed] | None = None
+        self._asked = False
         #: the `files` record, once read
         self._ending: _Record | None = None
         self._events = self._read_events()
@@ -621,11 +760,33 @@ class _Conversation:
         status, out_size, _ = record.numbers
         return status, record.data[:out_size], record.data[out_size:]
 
-    def files(self) -> Generator[bytes, None, None]:
+    def wait_for_listing(self) -> dict[str, Listed] | None:
+        """The sandbox listing, from a driver that lists; else None.
+
+        _Failure or ContainerError when the driver that lists does not.
+        """
+        if not self.lists:
+            return None
+        try:
+            record = self._next_record()
+        except _DeadlinePassed:
+            raise ContainerError(f"the warm container sent no listing for "
+                                 f"{self.io_timeout} s") from None
+        if record is None or record.kind != "list":
+            raise _Failure("the driver sent no listing")
+        if record.numbers[0] == 0:
+            self.listing = parse_listing(record.data)
+        return self.listing
+
+    def files(self, names: list[str] | None = None
+              ) -> Generator[bytes, None, None]:
         """The tar stream but its end-of-archive blocks; see WarmRun.files.
 
-        The TarStream around it adds them once this ends without error.
+        With a listing, the members `names` (None: all listed) are asked
+        for first. The TarStream around it adds the end-of-archive
+        blocks once this ends without error.
         """
+        self._ask(names)
         try:
             yield from self._archive()
             if self._ending is None:
@@ -638,6 +799,29 @@ class _Conversation:
         finally:
             self.close()
         _check_tar_out(self._ending)
+
+    def _ask(self, names: list[str] | None) -> None:
+        """Send the names of the members wanted, if the driver waits."""
+        if self._asked:
+            raise StreamConsumedError("the files of a warm run can be read "
+                                      "once, through `files` or `fetch`")
+        self._asked = True
+        if not self.lists:
+            return
+        if self.listing is not None:
+            wanted = sorted(self.listing, key=_name_bytes) \
+                if names is None else names
+            if any("\0" in name for name in wanted):
+                raise ValueError("a member name cannot hold NUL")
+            try:
+                self.conn.send(b"".join(_name_bytes(name) + b"\0"
+                                        for name in wanted), self.io_timeout)
+            except _ExecEnded:
+                pass  # what it sends, if anything, will say why
+            except _DeadlinePassed:
+                raise ContainerError(f"the warm container took no names "
+                                     f"for {self.io_timeout} s") from None
+        self.conn.shutdown_write()
 
     def _archive(self) -> Iterator[bytes]:
         """The stream before its end-of-archive block."""
@@ -697,6 +881,35 @@ class _Conversation:
             return self.conn.read(size, deadline)
         except ConnectionResetError:
             return b""
+
+
+_HELLO: Final = re.compile(rb"hello tarpipe (list|all)\n")
+
+
+def _read_hello(conn: _ExecSocket, io_timeout: float) -> bool:
+    """Read the driver's first line; whether it lists the sandbox.
+
+    The driver writes it before it reads anything, so nothing but it
+    can be on the socket yet; it is read frame by frame, never beyond.
+    """
+    line = b""
+    deadline = time.monotonic() + io_timeout
+    read = conn.reader_until(deadline)
+    try:
+        while not line.endswith(b"\n"):
+            header = _frame_header(read)
+            if header is None or header[0] != _STDERR \
+                    or len(line) + header[1] > _HEADER_CAP:
+                break
+            line += _read_exactly(read, header[1])
+    except _DeadlinePassed:
+        raise ContainerError(f"the warm container said nothing for "
+                             f"{io_timeout} s after it started") from None
+    match = _HELLO.fullmatch(line)
+    if match is None:
+        raise ContainerError(f"the warm container's driver did not start: "
+                             f"{line[:80]!r}")
+    return match[1] == b"list"
 
 
 def _check_tar_out(ending: _Record | None) -> None:
@@ -877,11 +1090,21 @@ class ContainerPool:
         Otherwise one is started now (about 0.25 s), which raises as
         `WarmContainer.start` does. Raises ContainerError once closed.
         """
+        dead: list[WarmContainer] = []
         with self._lock:
             if self._closed:
                 raise ContainerError("the container pool is closed")
             stock = self._stock.setdefault(image, [])
-            ready = stock.pop(0) if stock else None
+            ready = None
+            while stock and ready is None:
+                ready = stock.pop(0)
+                if not ready.ready:
+                    dead.append(ready)
+                    ready = None
+        for container in dead:
+            log.warning("warm container %s stopped while in stock: "
+                        "removing it", container.id[:12])
+            self.give_back(container)
         if ready is None:
             log.debug("no warm container of %s in stock: starting one",
                       image)

@@ -30,6 +30,7 @@ from runners.images import BUSYBOX, GCC
 from runners.warm import (
     PIDNS_LABEL,
     ContainerPool,
+    Listed,
     WarmContainer,
     WarmRun,
     pid_namespace,
@@ -177,14 +178,60 @@ def test_what_the_script_leaves_running_is_killed_before_tar_reads(
     assert files["grow"].size > 0
 
 
-def test_the_engine_closes_the_containers_stdin_after_the_sandbox(
-        gcc: WarmContainer) -> None:
-    # GNU tar stops at the end-of-archive block; the rest of stdin (none)
-    # ends only if the engine closed it when this side half-closed.
-    run = gcc.run(archive("cat /proc/1/fd/0 | wc -c"), max_seconds=5)
+def member_names(stream: Iterable[bytes]) -> list[str]:
+    record: dict[str, FileState] = {}
+    for _ in retar(stream, owner=NOBODY, record=record):
+        pass
+    return list(record)
 
-    assert (run.result.stdout, run.result.timed_out) == (b"0\n", False)
-    run.close()
+
+def test_a_run_lists_its_sandbox_and_sends_only_what_is_asked(
+        gcc: WarmContainer) -> None:
+    script = ("touch -d @1234567890.123456789 stamped; chmod 700 stamped; "
+              "mkdir 'odd dir'; printf x > 'odd dir/a\nb'; "
+              "printf y > \"$(printf 'bad\\377')\"; rm after-2038.txt")
+
+    run = gcc.run(archive(script, SANDBOX), max_seconds=10)
+
+    assert run.listing is not None
+    assert sorted(run.listing) == sorted([
+        "hiker.c", "before-1970.txt", "lib", "lib/deep.h", "cyber-dojo.sh",
+        "stamped", "odd dir", "odd dir/a\nb", "bad\udcff"])
+    for name in ("hiker.c", "before-1970.txt", "lib", "lib/deep.h"):
+        mode, mtime_ns, data = SANDBOX[name]
+        kind = "directory" if data is None else "file"
+        assert run.listing[name][:2] == (kind, mode), name
+        assert run.listing[name].mtime_ns == mtime_ns, name
+    assert run.listing["stamped"] == Listed(
+        "file", 0o700, 0, 1_234_567_890_123_456_789)
+    assert run.listing["odd dir/a\nb"][::2] == ("file", 1)
+    assert member_names(run.fetch(["stamped", "lib", "bad\udcff"])) == [
+        "bad\udcff", "lib", "stamped"]
+    with pytest.raises(StreamConsumedError):
+        next(run.files)
+
+
+def test_busybox_lists_nothing_and_sends_every_file(
+        busybox: WarmContainer) -> None:
+    run = busybox.run(archive("touch made", SANDBOX), max_seconds=10)
+
+    assert run.listing is None
+    assert sorted(member_names(run.fetch(["made"]))) == sorted(
+        [*SANDBOX, "cyber-dojo.sh", "made"])
+
+
+def test_a_script_reads_nothing_of_the_containers_input(
+        gcc: WarmContainer, busybox: WarmContainer) -> None:
+    # busybox tar reads to the end of its input, so the engine closes it
+    # after the sandbox; GNU tar stops at the end-of-archive block and
+    # the input stays open, empty, for the names asked for after the run.
+    script = "timeout 1 cat /proc/1/fd/0 | wc -c"
+
+    for container in (gcc, busybox):
+        run = container.run(archive(script), max_seconds=5)
+
+        assert (run.result.stdout, run.result.timed_out) == (b"0\n", False)
+        run.close()
 
 
 def test_a_warm_container_runs_once(gcc: WarmContainer) -> None:
