@@ -46,7 +46,7 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -65,6 +65,7 @@ from tarpipe import (
     pack_files,
     retar,
 )
+from tarpipe._header import Kind, member_header
 from tarpipe.errors import TarPipeError
 from tarpipe.filediff import FileState, diff
 from tarpipe.memory import unpack_files
@@ -77,6 +78,8 @@ from ._base import (
     RunResult,
     check_kata_id,
     check_request,
+    files_back,
+    merged_sandbox,
     run_message,
 )
 from .container import MANAGED_LABEL, ROLE_LABEL, ContainerLimits, ExecResult
@@ -90,7 +93,7 @@ from .history import (
 )
 from .images import GCC, require_image
 from .session import SessionPool
-from .warm import ContainerPool
+from .warm import ContainerPool, WarmRun
 
 __all__ = ["KatasDataContainerRunner"]
 
@@ -110,12 +113,6 @@ _STALE = 75
 # (a full volume, say), whose room the commit may need.
 _CLEAR_OLD = ('keep=$(readlink sandbox); for old in s.*; do '
               '[ "$old" = "$keep" ] || rm -rf -- "$old"; done; ')
-# Perl, in the new sandbox folder: hard-link each "from\0to\0" pair of
-# its stdin, from in the current sandbox, to in this one.
-_LINKER = ('$/ = "\\0"; while (defined(my $from = <STDIN>)) { '
-           'my $to = <STDIN>; defined $to or die "odd link list\\n"; '
-           'chomp($from, $to); link("../sandbox/$from", $to) '
-           'or die "cannot link $to: $!\\n" }')
 GIT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 
 
@@ -230,7 +227,6 @@ class KatasDataContainerRunner(Runner):
         kata = f"{KATAS}/{kata_id}"
         manifest = self._manifest(kata_id)
         before: dict[str, FileState] = {}
-        after: dict[str, FileState] = {}
         sandbox = retar(self._write_visible_and_read(kata, visible, manifest),
                         owner=NOBODY, limits=self.archive_limits,
                         record=before)
@@ -242,14 +238,12 @@ class KatasDataContainerRunner(Runner):
                 if run.timed_out or rejected:
                     self._commit(kata_id, visible, run, manifest, before)
                     return RunResult.of(run, rejected=rejected)
-                kept: set[str] = set()
-                back = retar(done.files, owner=self.owner,
-                             limits=self.archive_limits, record=after,
-                             prefix=f"s.{token}/", already_there=before,
-                             left_out=kept)
+                back = _FilesBack(done, before, self.owner,
+                                  self.archive_limits, f"s.{token}/")
                 try:
-                    self._commit(kata_id, visible, run, manifest, after,
-                                 back, token, kept)
+                    self._commit(kata_id, visible, run, manifest, before,
+                                 back, token)
+                    after = back.sandbox()
                 except TarPipeError as error:
                     if getattr(error, "status", None) == _STALE:
                         raise
@@ -289,11 +283,16 @@ class KatasDataContainerRunner(Runner):
         changed = {name: content for name, content in visible.items()
                    if _digest(content) != manifest.files.get(name)}
         gone = sorted(set(manifest.files) - set(visible))
+        # A run of nothing new (the same files again) starts no tar -x.
+        write = f"rm -f -- {_words(gone)}; " if gone else ""
+        if changed:
+            write += f"{shlex.join(TAR_IN)} .; "
         script = (f"set -e; mkdir -p {kata}; cd {kata}; "
                   f"{_still_at(manifest.head)}"
                   "[ -e sandbox ] || { mkdir -p s.0 && ln -s s.0 sandbox; }; "
-                  f"cd sandbox/; rm -f -- {_words(gone)}; "
-                  f"{shlex.join(TAR_IN)} .; exec {shlex.join(TAR_OUT)}")
+                  f"cd sandbox/; {write}exec {shlex.join(TAR_OUT)}")
+        if not changed:
+            return self._sessions.call(script)
         stream = pack_files(changed, mtime_ns=self.clock(), owner=self.owner)
         return self._sessions.call(script, stream)
 
@@ -303,25 +302,24 @@ class KatasDataContainerRunner(Runner):
         visible: dict[str, bytes],
         run: ExecResult,
         manifest: _Manifest,
-        sandbox: Mapping[str, FileState],
-        files: TarStream | None = None,
+        before: Mapping[str, FileState],
+        back: _FilesBack | None = None,
         token: str = "",
-        kept: set[str] | None = None,
     ) -> None:
-        """Commit the visible files; with the run's `files`, swap them in.
+        """Commit the visible files; with the run's files `back`, swap them in.
 
         One script, one tar stream: the run's files into a new `s.TOKEN`
-        folder beside the current sandbox, then the new history objects
-        (blobs the last commit has are not sent again), then the list of
-        files `kept` as they were, which `files` left out, then the run's
-        folders again, then the new branch and manifest.  The manifest
-        comes last, so its arrival proves the whole stream did (GNU tar
-        takes an archive cut at a member's end for a whole one).  Only
-        then are the kept files hard-linked from the current sandbox
-        (a link costs a thirtieth of a new file here) and the folders'
-        mtimes, which the links changed, put back; then the sandbox link,
-        the branch and the manifest each move by one rename, in that
-        order; older sandboxes are removed after.
+        folder beside the current sandbox; then a hard link to the
+        current sandbox's copy of each file that did not travel, as the
+        run left it as it was (a link costs a thirtieth of a new file
+        here); then the run's folders again, so that their mtimes are
+        set after those links; then the new history objects (blobs the
+        last commit has are not sent again), and the new branch and
+        manifest.  The manifest comes last, so its arrival proves the
+        whole stream did (GNU tar takes an archive cut at a member's end
+        for a whole one).  Only then do the sandbox link, the branch and
+        the manifest each move by one rename, in that order; older
+        sandboxes are removed after.
         """
         kata = f"{KATAS}/{kata_id}"
         parent = ObjectID(manifest.head.encode()) if manifest.head else None
@@ -336,7 +334,8 @@ class KatasDataContainerRunner(Runner):
         updated: list[_Manifest] = []
 
         def history() -> TarStream:
-            # Made when the run's files have gone by and filled `sandbox`.
+            # Made when the run's files have gone by.
+            sandbox = before if back is None else back.sandbox()
             digests = {name: state.digest for name, state in sandbox.items()
                        if name in visible and state.kind == "file"}
             updated.append(_Manifest(commit_id.decode(), digests, blobs))
@@ -346,26 +345,26 @@ class KatasDataContainerRunner(Runner):
             members["git/HEAD"] = b"ref: " + BRANCH + b"\n"
             members["git/config"] = GIT_CONFIG
             members[f"git/{branch}.new"] = commit_id + b"\n"
-            if files is not None:
-                members["links.new"] = _link_list(kept or set(), sandbox)
-                members["folders.new"] = b"".join(pack_directories(
-                    sandbox, owner=self.owner, prefix=f"s.{token}/"))
             members["visible.json.new"] = updated[0].dump()
-            return pack_files(members, mtime_ns=self.clock(),
-                              owner=self.owner, mode=0o444)
+            files = pack_files(members, mtime_ns=self.clock(),
+                               owner=self.owner, mode=0o444)
+            if back is None:
+                return files
+            prefix = f"s.{token}/"
+            return concat(
+                TarStream(_links_to_sandbox(back.kept(), prefix, self.owner)),
+                pack_directories(sandbox, owner=self.owner, prefix=prefix),
+                files)
 
-        stream = concat(*([files] if files is not None else []), history)
+        stream = concat(*([back.stream] if back is not None else []), history)
         folder, flip = "", ""
-        if files is not None:
+        if back is not None:
             folder = f"mkdir s.{token}; "
-            flip = (f"(cd s.{token} && perl -e {shlex.quote(_LINKER)} "
-                    "< ../links.new); "
-                    f"{shlex.join(TAR_IN)} . -f folders.new; "
-                    "rm -f links.new folders.new; "
-                    f"ln -sfn s.{token} sandbox.new && mv -T sandbox.new sandbox; ")
+            flip = (f"ln -sfn s.{token} sandbox.new && "
+                    "mv -T sandbox.new sandbox; ")
         script = (
             f"set -e; cd {kata}; {_still_at(manifest.head)}{_CLEAR_OLD}"
-            f"rm -f visible.json.new links.new folders.new; {folder}"
+            f"rm -f visible.json.new; {folder}"
             f"{shlex.join(TAR_IN)} .; test -f visible.json.new; {flip}"
             f"mv -f git/{BRANCH.decode()}.new git/{BRANCH.decode()}; "
             f"mv -f visible.json.new visible.json; {_CLEAR_OLD}")
@@ -406,7 +405,8 @@ class KatasDataContainerRunner(Runner):
             return self.client.containers.create(
                 self.data_image, ["sleep", "infinity"], name=name,
                 volumes={self.volume: {"bind": KATAS, "mode": "rw"}},
-                network_mode="none", read_only=True, init=True,
+                network_mode="none",
+                read_only=True, init=True,
                 cap_drop=["ALL"], cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER"],
                 security_opt=["no-new-privileges"], user="0:0",
                 labels={MANAGED_LABEL: "1", ROLE_LABEL: "data"}, detach=True)
@@ -425,6 +425,32 @@ class KatasDataContainerRunner(Runner):
 
 
 
+class _FilesBack:
+    """A finished run's files on their way into a new sandbox folder.
+
+    `stream` is what the warm container sends (see `files_back`),
+    checked, re-owned and put in folder `prefix`; once it is read,
+    `sandbox()` is the whole sandbox after the run and `kept()` the
+    files that did not travel, to be linked from the old folder.
+    """
+
+    def __init__(self, done: WarmRun, before: Mapping[str, FileState],
+                 owner: Owner, limits: Limits, prefix: str) -> None:
+        files, self._same = files_back(done, before)
+        self._fetched: dict[str, FileState] = {}
+        self._left_out: set[str] = set()
+        self._limits = limits
+        self.stream = retar(files, owner=owner, limits=limits,
+                            record=self._fetched, prefix=prefix,
+                            already_there=before, left_out=self._left_out)
+
+    def sandbox(self) -> dict[str, FileState]:
+        return merged_sandbox(self._same, self._fetched, self._limits)
+
+    def kept(self) -> set[str]:
+        return (self._same.keys() - self._fetched.keys()) | self._left_out
+
+
 def _still_at(head: str | None) -> str:
     """Script: stop with _STALE, changing nothing, if the branch moved."""
     ref = f"git/{BRANCH.decode()}"
@@ -432,18 +458,14 @@ def _still_at(head: str | None) -> str:
             f"|| exit {_STALE}; ")
 
 
-def _link_list(kept: set[str], sandbox: Mapping[str, FileState]) -> bytes:
-    """The "from\0to\0" pairs that put the kept files in the new sandbox.
-
-    A kept file or link comes from itself; a hard link, kept because
-    its target was, comes from that target.
-    """
-    names: list[str] = []
+def _links_to_sandbox(kept: set[str], prefix: str,
+                      owner: Owner) -> Generator[bytes, None, None]:
+    """Hard-link members: each kept file, in folder `prefix`, from its
+    copy in the current sandbox (the link `sandbox/` leads there)."""
     for name in sorted(kept):
-        state = sandbox[name]
-        names += [state.digest if state.kind == "hardlink" else name, name]
-    return b"".join(name.encode("utf-8", "surrogateescape") + b"\0"
-                    for name in names)
+        yield member_header(prefix + name, Kind.HARDLINK, mode=0o644,
+                            mtime_ns=0, owner=owner,
+                            linkname=f"sandbox/{name}")
 
 
 def _digest(content: bytes) -> str:

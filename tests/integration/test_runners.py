@@ -194,6 +194,20 @@ def test_data_container_runs_start_no_exec_once_a_session_is_open(
     assert after - before == set()
 
 
+def test_the_data_container_has_no_network_but_loopback(
+    docker_client: docker.DockerClient,
+    data_runner: KatasDataContainerRunner, kata_id: str
+) -> None:
+    data_runner.run(kata_id, BUSYBOX, {"cyber-dojo.sh": "true"})
+    data = docker_client.containers.get(f"{data_runner.volume}-data")
+
+    interfaces = data.exec_run(["ls", "/sys/class/net"]).output
+
+    assert interfaces == b"lo\n"
+    assert data.attrs["Config"]["NetworkDisabled"] is True
+    assert not data.attrs["NetworkSettings"]["Networks"]
+
+
 def test_a_timed_out_run_leaves_the_data_container_kata_as_it_was(
     data_runner: KatasDataContainerRunner, kata_id: str
 ) -> None:
