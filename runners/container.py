@@ -381,6 +381,14 @@ class Sandbox:
             volumes = {self.sandbox_mount: {"bind": SANDBOX, "mode": "rw"}}
         return {
             "user": self.user,
+            # No network at all: not even an endpoint on the engine's
+            # "none" network. The container still gets a network
+            # namespace of its own, with only `lo`; the engine skips its
+            # network bookkeeping, which halves the cost of a container
+            # here (14 against 7.5 created, started and removed a
+            # second) and keeps clear of a lock-order deadlock in the
+            # 20.10 engine's endpoint bookkeeping (moby/moby#46661).
+            "network_disabled": True,
             "network_mode": "none",
             "read_only": True,
             "tmpfs": tmpfs,

@@ -405,7 +405,7 @@ class KatasDataContainerRunner(Runner):
             return self.client.containers.create(
                 self.data_image, ["sleep", "infinity"], name=name,
                 volumes={self.volume: {"bind": KATAS, "mode": "rw"}},
-                network_mode="none",
+                network_disabled=True, network_mode="none",
                 read_only=True, init=True,
                 cap_drop=["ALL"], cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER"],
                 security_opt=["no-new-privileges"], user="0:0",

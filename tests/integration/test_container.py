@@ -297,6 +297,10 @@ def test_no_network_but_loopback(gcc_box: Sandbox) -> None:
     assert interfaces == ["lo"]
     assert result.status != 0
     assert b"Connection refused" in result.stderr
+    # Not even attached to the engine's "none" network: no endpoint.
+    attrs = gcc_box.container.attrs
+    assert attrs["Config"]["NetworkDisabled"] is True
+    assert not attrs["NetworkSettings"]["Networks"]
 
 
 PLACES = ["/", "/bin", "/etc", "/usr", "/usr/bin", "/usr/local", "/home",
