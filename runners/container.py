@@ -436,7 +436,8 @@ def remove_container(client: docker.DockerClient,
     """Remove a container, running or not; gone already is fine."""
     for attempt in range(1, _REMOVE_ATTEMPTS + 1):
         try:
-            client.api.remove_container(container_id, force=True, v=True)
+            with _unreachable_engine(f"remove container {container_id[:12]}"):
+                client.api.remove_container(container_id, force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as error:
@@ -589,7 +590,24 @@ def _engine(what: str) -> Iterator[None]:
             f"cannot {what}: {error.explanation or error}") from error
     except (docker.errors.DockerException,
             requests.exceptions.RequestException) as error:
-        raise EngineError(f"cannot {what}: {error}") from error
+        raise _no_engine(what, error) from error
+
+
+@contextmanager
+def _unreachable_engine(what: str) -> Iterator[None]:
+    """An engine that cannot be reached as EngineError; the rest as is."""
+    try:
+        yield
+    except docker.errors.APIError:
+        raise
+    except (docker.errors.DockerException,
+            requests.exceptions.RequestException) as error:
+        raise _no_engine(what, error) from error
+
+
+def _no_engine(what: str, error: Exception) -> EngineError:
+    return EngineError(f"cannot {what}: the Docker engine did not answer "
+                       f"({error})")
 
 
 def _start_exec(

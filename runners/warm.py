@@ -72,6 +72,7 @@ from typing import Final, NamedTuple
 import docker
 import docker.errors
 import docker.types
+import requests
 from docker.models.containers import Container
 
 from tarpipe._header import BLOCK
@@ -96,7 +97,7 @@ from .container import (
     remove_container,
     untar_command,
 )
-from .errors import ContainerError, ImageNotFoundError
+from .errors import ContainerError, EngineError, ImageNotFoundError
 
 __all__ = [
     "PIDNS_LABEL",
@@ -493,6 +494,12 @@ class WarmContainer:
             # either way, as wanted.
             log.debug("killing warm container %s: %s", self.id[:12],
                       error.explanation or error)
+        except (docker.errors.DockerException,
+                requests.exceptions.RequestException) as error:
+            # No engine to ask (it is restarting, say): its containers
+            # stop with it; removing this one is tried later.
+            log.warning("cannot kill warm container %s: %s", self.id[:12],
+                        error)
 
     def close(self) -> None:
         """Close the attach socket, if still open; the container stays."""
@@ -503,9 +510,11 @@ class WarmContainer:
     def remove(self) -> None:
         """Close the socket and remove the container; harmless twice."""
         self.close()
-        container, self._container = self._container, None
-        if container is not None:
-            remove_container(self.client, str(container.id))
+        if self._container is not None:
+            # Forgotten only once gone: a removal the engine could not
+            # be reached for can be tried again.
+            remove_container(self.client, str(self._container.id))
+            self._container = None
 
     # -- the steps of a run ----------------------------------------------
 
@@ -1030,6 +1039,8 @@ def _alive(pid: int) -> bool:
 
 
 _Task = Callable[[], None]
+# How long a closing pool keeps trying removals the engine refused.
+_RETRY_SECONDS: Final = 20.0
 
 
 class ContainerPool:
@@ -1200,8 +1211,31 @@ class ContainerPool:
             return False
 
     def _remove_used(self) -> None:
+        """Run the removals; those the engine could not be reached for
+        (it is restarting, say) are tried again after each later one,
+        and at the end until `_RETRY_SECONDS` have passed."""
+        again: list[_Task] = []
         while (task := self._tasks.get()) is not None:
-            try:
-                task()
-            except Exception as error:
-                log.warning("container pool: %s", error)
+            again = [each for each in [task, *again]
+                     if not _done(each, again_later=True)]
+        deadline = time.monotonic() + _RETRY_SECONDS
+        while again and time.monotonic() < deadline:
+            time.sleep(0.5)
+            again = [each for each in again
+                     if not _done(each, again_later=True)]
+        for each in again:
+            _done(each, again_later=False)
+
+
+def _done(task: _Task, *, again_later: bool) -> bool:
+    """Run `task`; False if it should be tried again (no engine)."""
+    try:
+        task()
+    except EngineError as error:
+        if again_later:
+            log.debug("container pool: %s; trying again later", error)
+            return False
+        log.warning("container pool: %s", error)
+    except Exception as error:
+        log.warning("container pool: %s", error)
+    return True
