@@ -7,6 +7,7 @@ the engine and built the images.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import NoReturn
@@ -59,3 +60,11 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
     assert not leftovers, (
         f"containers left behind: {[c.short_id for c in leftovers]}")
+
+
+def remove_katas_volume(client: docker.DockerClient, name: str) -> None:
+    """Remove katas volume `name` and the data container holding it."""
+    for remove in (lambda: client.containers.get(f"{name}-data"),
+                   lambda: client.volumes.get(name)):
+        with contextlib.suppress(docker.errors.NotFound):
+            remove().remove(force=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ import pytest
 from runners import RunResult, cli
 from runners.container import leftover_containers
 from runners.images import BUSYBOX, GCC
+from tests.conftest import remove_katas_volume
 
 pytestmark = pytest.mark.docker
 
@@ -129,10 +129,7 @@ def volume(docker_client: docker.DockerClient) -> Iterator[str]:
     """A katas volume of this test; it and its data container go after."""
     name = f"tarpipe-cli-test-{os.getpid()}"
     yield name
-    for remove in (lambda: docker_client.containers.get(f"{name}-data"),
-                   lambda: docker_client.volumes.get(name)):
-        with contextlib.suppress(docker.errors.NotFound):
-            remove().remove(force=True)
+    remove_katas_volume(docker_client, name)
 
 
 def test_katas_and_history_of_a_data_container_volume(

@@ -15,7 +15,6 @@ but under CI=true it fails instead.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
@@ -35,6 +34,7 @@ from runners.errors import RunnerError
 from runners.images import BUSYBOX
 from tarpipe import Owner
 from tarpipe.filediff import FileState
+from tests.conftest import remove_katas_volume
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -90,10 +90,7 @@ def restart_engine(client: docker.DockerClient) -> float:
 def katas_volume(docker_client: docker.DockerClient) -> Iterator[str]:
     name = f"tarpipe-restart-{os.getpid()}"
     yield name
-    for remove in (lambda: docker_client.containers.get(f"{name}-data"),
-                   lambda: docker_client.volumes.get(name)):
-        with contextlib.suppress(docker.errors.NotFound):
-            remove().remove(force=True)
+    remove_katas_volume(docker_client, name)
 
 
 def without(sandbox: dict[str, FileState], name: str) -> dict[str, FileState]:

@@ -43,6 +43,7 @@ from runners.images import BUSYBOX, GCC
 from runners.warm import dead_leftovers
 from tarpipe import Owner
 from tarpipe.filediff import FileState, file_state
+from tests.conftest import remove_katas_volume
 
 pytestmark = pytest.mark.docker
 
@@ -262,10 +263,7 @@ def volume(docker_client: docker.DockerClient) -> Iterator[str]:
     """A volume of this test process; it and its data container go after."""
     name = f"tarpipe-faults-{os.getpid()}"
     yield name
-    for remove in (lambda: docker_client.containers.get(f"{name}-data"),
-                   lambda: docker_client.volumes.get(name)):
-        with contextlib.suppress(docker.errors.NotFound):
-            remove().remove(force=True)
+    remove_katas_volume(docker_client, name)
 
 
 def test_a_runner_killed_mid_run_leaves_the_kata_whole(

@@ -49,6 +49,7 @@ from runners import (
 from runners.container import MANAGED_LABEL, PID_LABEL, ROLE_LABEL
 from runners.images import BUSYBOX
 from tarpipe import Limits, Owner
+from tests.conftest import remove_katas_volume
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -323,10 +324,7 @@ def katas_volume(docker_client: docker.DockerClient) -> Iterator[str]:
     """A volume of this test; it and its data container go after."""
     name = f"tarpipe-load-{os.getpid()}"
     yield name
-    for remove in (lambda: docker_client.containers.get(f"{name}-data"),
-                   lambda: docker_client.volumes.get(name)):
-        with contextlib.suppress(docker.errors.NotFound):
-            remove().remove(force=True)
+    remove_katas_volume(docker_client, name)
 
 
 @pytest.fixture

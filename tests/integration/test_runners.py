@@ -7,7 +7,6 @@ exactly which objects were rebuilt.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
@@ -29,6 +28,7 @@ from runners import (
 from runners.errors import BadRequestError, ImageNotFoundError
 from runners.images import BUSYBOX, GCC
 from tarpipe import NOBODY, Owner, UnsafeMemberError
+from tests.conftest import remove_katas_volume
 
 pytestmark = pytest.mark.docker
 
@@ -71,10 +71,7 @@ def katas_volume(docker_client: docker.DockerClient) -> Iterator[str]:
     """A volume of this test process; it and its data container go after."""
     name = f"tarpipe-test-{os.getpid()}"
     yield name
-    for remove in (lambda: docker_client.containers.get(f"{name}-data"),
-                   lambda: docker_client.volumes.get(name)):
-        with contextlib.suppress(docker.errors.NotFound):
-            remove().remove(force=True)
+    remove_katas_volume(docker_client, name)
 
 
 @pytest.fixture
