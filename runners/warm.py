@@ -309,7 +309,9 @@ class WarmRun:
 
     `failure` is empty, or says why the run has no trustworthy result:
     the driver's report was garbled or forged, or the driver died. Then
-    `result.status` is None and `result.timed_out` False.
+    `result.status` is None and `result.timed_out` False. When only the
+    listing that follows a good result failed, the result stands and
+    `failure` says the files cannot be had.
 
     Close it (or use it as a context manager) if `files` is not read to
     its end: that closes the socket.
@@ -594,12 +596,11 @@ class WarmContainer:
                          status, False, time.monotonic() - started)
         try:
             listing = talk.wait_for_listing()
-        except (_Failure, ContainerError) as failure:
-            log.warning("warm container %s: %s", self.id[:12], failure)
+        except (_Failure, ContainerError) as error:
+            reason = f"the sandbox listing failed: {error}"
+            log.warning("warm container %s: %s", self.id[:12], reason)
             talk.close()
-            return WarmRun(run, TarStream(_no_files(
-                f"the sandbox listing failed: {failure}")),
-                f"the sandbox listing failed: {failure}")
+            return WarmRun(run, TarStream(_no_files(reason)), reason)
         return WarmRun(
             run, TarStream(talk.files()), listing=listing,
             _fetch=lambda names: TarStream(talk.files(names)),
