@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -60,6 +61,9 @@ settings.register_profile(
     "long", max_examples=50_000, deadline=DEADLINE_MS,
     suppress_health_check=[HealthCheck.too_slow])
 PROFILE = settings.get_profile(os.environ.get("TARPIPE_FUZZ", "ci"))
+# 50,000 examples take minutes a test: past the suite's 120 s a test.
+pytestmark = pytest.mark.timeout(
+    3600 if os.environ.get("TARPIPE_FUZZ") == "long" else 120)
 
 MTIME_NS = 1_700_000_000_123_456_789
 Snapshot = dict[str, tuple[str, int, int, bytes]]
