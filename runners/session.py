@@ -108,7 +108,7 @@ while (defined(my $head = get_line())) {
     $SIG{PIPE} = 'DEFAULT';
     POSIX::dup2(fileno $in_r, 0); POSIX::dup2(fileno $out_w, 1);
     POSIX::dup2(fileno $err_w, 2);
-    exec '/bin/sh', '-c', $script; POSIX::_exit(127);
+    exec('/bin/sh', '-c', $script) or POSIX::_exit(127);
   }
   close $in_r; close $out_w; close $err_w;
   fcntl($in_w, F_SETFL, fcntl($in_w, F_GETFL, 0) | O_NONBLOCK);

@@ -55,6 +55,15 @@ def test_one_session_runs_script_after_script(
     assert session.usable
 
 
+def test_a_new_session_says_nothing_until_asked(session: Session) -> None:
+    # Anything the server wrote unasked (a Perl warning as it compiles,
+    # say) would make the session look ended when next taken.
+    time.sleep(0.5)
+
+    assert session.usable
+    assert b"".join(session.call("echo asked")) == b"asked\n"
+
+
 def test_a_failing_script_raises_its_status_and_stderr_and_the_session_goes_on(
     session: Session
 ) -> None:
