@@ -1042,6 +1042,8 @@ def _alive(pid: int) -> bool:
 _Task = Callable[[], None]
 # How long a closing pool keeps trying removals the engine refused.
 _RETRY_SECONDS: Final = 20.0
+# Threads removing used containers, each one removal at a time.
+_REMOVERS: Final = 4
 
 
 class ContainerPool:
@@ -1080,10 +1082,15 @@ class ContainerPool:
                         "that died", container_id[:12])
             self._tasks.put(functools.partial(remove_container, client,
                                               container_id))
-        self._remover = threading.Thread(
-            target=self._remove_used, name="tarpipe-pool-remover",
-            daemon=True)
-        self._remover.start()
+        # Removing takes the engine longer than a run takes this side:
+        # one remover alone falls behind under load, and the containers
+        # waiting for it pile up, in the engine and in memory here.
+        self._removers = [
+            threading.Thread(target=self._remove_used, daemon=True,
+                             name=f"tarpipe-pool-remover-{number}")
+            for number in range(_REMOVERS)]
+        for remover in self._removers:
+            remover.start()
 
     def __enter__(self) -> ContainerPool:
         return self
@@ -1161,9 +1168,11 @@ class ContainerPool:
         deadline = time.monotonic() + timeout
         for thread in refills:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._tasks.put(None)
-        self._remover.join(max(0.0, deadline - time.monotonic()))
-        if self._remover.is_alive():
+        for _ in self._removers:
+            self._tasks.put(None)
+        for remover in self._removers:
+            remover.join(max(0.0, deadline - time.monotonic()))
+        if any(remover.is_alive() for remover in self._removers):
             log.warning("container pool: removals still going on after "
                         "%.0f s", timeout)
         log.debug("container pool closed")
