@@ -68,7 +68,7 @@ DATA_KATAS = 16
 VOLUME_KATAS = 8
 OUTPUT_CAP = 50 * KiB
 # Resident memory may grow this much between the warm-up and the end.
-MEMORY_SLACK = 30 * MiB
+MEMORY_SLACK = 15 * MiB
 # How long the engine may take to reap what a closed socket ended.
 SETTLE_SECONDS = 10.0
 
