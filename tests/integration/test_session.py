@@ -22,8 +22,8 @@ def container(docker_client: docker.DockerClient) -> Iterator[str]:
     """A running container with Perl, no network, removed after."""
     made = docker_client.containers.run(
         GCC, ["sleep", "infinity"], detach=True, init=True,
-        network_mode="none", labels={MANAGED_LABEL: "1",
-                                     PID_LABEL: str(os.getpid())})
+        network_disabled=True, network_mode="none",
+        labels={MANAGED_LABEL: "1", PID_LABEL: str(os.getpid())})
     yield str(made.id)
     remove_container(docker_client, str(made.id))
 

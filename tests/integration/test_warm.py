@@ -431,7 +431,8 @@ def some_dead_pid() -> int:
 def labelled(client: docker.DockerClient, pid: int,
              namespace: str) -> str:
     container = client.containers.create(
-        BUSYBOX, ["sleep", "600"], network_mode="none",
+        BUSYBOX, ["sleep", "600"], network_disabled=True,
+        network_mode="none",
         labels={MANAGED_LABEL: "1", ROLE_LABEL: "warm", PID_LABEL: str(pid),
                 PIDNS_LABEL: namespace})
     return str(container.id)
