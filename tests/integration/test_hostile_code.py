@@ -34,7 +34,7 @@ from runners import (
     TmpRunner,
 )
 from runners.container import ROLE_LABEL, ContainerLimits, leftover_containers
-from runners.images import BUSYBOX
+from runners.images import BUSYBOX, GCC
 from tarpipe import Owner
 from tarpipe.filediff import FileState
 
@@ -58,6 +58,9 @@ class Harness:
     kind: str
     runner: Runner
     kata_id: str
+    #: busybox sends every file back; a GNU image lists its sandbox and
+    #: sends only what changed
+    image: str = BUSYBOX
 
     def run(self, script: str, *, max_seconds: float = MAX_SECONDS,
             files: Mapping[str, str] | None = None,
@@ -65,7 +68,7 @@ class Harness:
         """Run `script`; fail unless the runner answered in time."""
         visible = {"cyber-dojo.sh": script, **(files or {})}
         started = time.monotonic()
-        result = self.runner.run(self.kata_id, BUSYBOX, visible,
+        result = self.runner.run(self.kata_id, self.image, visible,
                                  max_seconds=max_seconds)
         elapsed = time.monotonic() - started
         assert elapsed <= max_seconds + slack, (
@@ -163,7 +166,7 @@ def harness(request: pytest.FixtureRequest, docker_client: docker.DockerClient,
     The kata has had one normal run already, so that a katas runner has
     something to keep intact.
     """
-    kind = request.param
+    kind, _, image = request.param.partition("@")
     if kind == "katas-volume":
         with KatasVolumeRunner(katas_root, docker_client,
                                owner=OUTSIDE) as volume:
@@ -175,7 +178,8 @@ def harness(request: pytest.FixtureRequest, docker_client: docker.DockerClient,
         return
     runner = request.getfixturevalue(
         "tmp_runner" if kind == "tmp" else "data_runner")
-    yield from _started(Harness(kind, runner, kata_id))
+    yield from _started(Harness(kind, runner, kata_id,
+                                GCC if image == "gcc" else BUSYBOX))
 
 
 def _started(harness: Harness) -> Iterator[Harness]:
@@ -186,6 +190,11 @@ def _started(harness: Harness) -> Iterator[Harness]:
 
 def all_runners(kinds: tuple[str, ...] = KINDS) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("harness", kinds, indirect=True)
+
+
+# The runners that read a run's files back, again in a GNU image, whose
+# driver lists the sandbox and sends only what the host asks for.
+FILES_BACK_KINDS = (*KINDS, "tmp@gcc", "katas-data-container@gcc")
 
 
 def unchanged_but(harness: Harness, before: dict[str, FileState],
@@ -281,7 +290,7 @@ PLACES = ("/", "/etc", "/usr", "/home", "/root", "/var", "/bin",
           "/sandbox/..")
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_nothing_is_written_outside_the_sandbox(harness: Harness) -> None:
     probe = f"tarpipe-probe-{secrets.token_hex(4)}"
     script = (f'for d in {" ".join(PLACES)}; do '
@@ -305,7 +314,7 @@ MANY_SLACK = {"tmp": SLACK, "katas-volume": 8.0,
               "katas-data-container": 8.0}
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_too_many_files_are_not_kept(harness: Harness) -> None:
     before = harness.snapshot()
     # Making 100k files takes about 2 s on a host folder: room for that.
@@ -326,7 +335,7 @@ def test_too_many_files_are_not_kept(harness: Harness) -> None:
     harness.next_run_works(slack=MANY_SLACK[harness.kind])
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_a_file_is_cut_at_the_size_limit(harness: Harness) -> None:
     size = LIMITS.file_bytes + MiB
     result = harness.run(f"head -c {size} /dev/zero > big; echo $?; "
@@ -339,9 +348,9 @@ def test_a_file_is_cut_at_the_size_limit(harness: Harness) -> None:
     harness.next_run_works()
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_setuid_and_setgid_bits_never_come_back(harness: Harness) -> None:
-    result = harness.run("cp /bin/busybox suid && chmod 6755 suid && "
+    result = harness.run("cp ./cyber-dojo.sh suid && chmod 6755 suid && "
                          "mkdir sgid && chmod 3777 sgid && "
                          "stat -c %a suid sgid\n")
 
@@ -355,7 +364,7 @@ def test_setuid_and_setgid_bits_never_come_back(harness: Harness) -> None:
 
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_symlinks_out_and_up_are_not_kept(harness: Harness) -> None:
     before = harness.snapshot()
     result = harness.run("ln -s /etc/passwd passwd && ln -s .. up\n")
@@ -373,7 +382,7 @@ def test_symlinks_out_and_up_are_not_kept(harness: Harness) -> None:
     harness.next_run_works()
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_a_fifo_left_behind_is_not_kept(harness: Harness) -> None:
     before = harness.snapshot()
     result = harness.run("mkfifo pipe\n")
@@ -384,7 +393,7 @@ def test_a_fifo_left_behind_is_not_kept(harness: Harness) -> None:
     harness.next_run_works()
 
 
-@all_runners()
+@all_runners(FILES_BACK_KINDS)
 def test_a_visible_folder_swapped_for_a_link_is_a_folder_again(
         harness: Harness) -> None:
     files = {"src/a.c": "int a;\n"}
