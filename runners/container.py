@@ -53,7 +53,6 @@ __all__ = [
     "Sandbox",
     "exec_in",
     "exec_out",
-    "exec_through",
     "leftover_containers",
     "remove_container",
     "remove_leftovers",
@@ -502,32 +501,6 @@ def exec_out(
     exec_id, conn = _start_exec(client, container_id, argv)
     stderr = _Capped(_STDERR_CAP)
     with conn:
-        yield from _stdout_of(_frames(conn.idle_reader(io_timeout)), stderr)
-    _check_status(client, exec_id, argv, stderr, io_timeout)
-
-
-def exec_through(
-    client: docker.DockerClient,
-    container_id: str,
-    argv: list[str],
-    chunks: Iterable[bytes],
-    *,
-    io_timeout: float = 60.0,
-) -> Iterator[bytes]:
-    """Run `argv` with `chunks` as its stdin, then yield its stdout.
-
-    One exec where `exec_in` and then `exec_out` would take two: the
-    input is sent whole, its end marked by closing the socket's write
-    half, before any output is yielded, so the command must take all its
-    input before it writes much (`tar -x; tar -c` does). The command
-    starts when the first chunk is asked for; failures are raised as by
-    `exec_out`.
-    """
-    exec_id, conn = _start_exec(client, container_id, argv, stdin=True)
-    stderr = _Capped(_STDERR_CAP)
-    with conn:
-        _send_all(conn, chunks, io_timeout)
-        conn.shutdown_write()
         yield from _stdout_of(_frames(conn.idle_reader(io_timeout)), stderr)
     _check_status(client, exec_id, argv, stderr, io_timeout)
 
