@@ -19,12 +19,12 @@ container from a pool (`runners.warm`):
    files out, through `retar` (checked, re-owned to `nobody`, mtimes
    exact to the nanosecond), straight into the warm container, where
    `cyber-dojo.sh` runs;
-2. if it finished within its limit, all files stream back through
-   `retar` (re-owned to the outside owner) into a new `s.TOKEN` beside
-   the old one, with the run's commit, in one more request.  Files the
-   run left exactly as they were are not sent: they are hard-linked
-   from the old sandbox, since creating a file on the volume costs
-   thirty times a link.  The symlink is flipped by one rename.  Until
+2. if it finished within its limit, the files it changed stream back
+   through `retar` (re-owned to the outside owner) into a new `s.TOKEN`
+   beside the old one, with the run's commit, in one more request.
+   Files the run left exactly as they were do not travel: they are
+   hard-linked from the old sandbox, since creating a file on the
+   volume costs thirty times a link.  The symlink is flipped by one rename.  Until
    that rename the kata is exactly as before; after it, exactly as the
    run left it.  A run that timed out, or whose files broke a rule,
    brings nothing back: as if the attempt was never made.
@@ -440,12 +440,16 @@ class _FilesBack:
         self._fetched: dict[str, FileState] = {}
         self._left_out: set[str] = set()
         self._limits = limits
+        self._sandbox: dict[str, FileState] | None = None
         self.stream = retar(files, owner=owner, limits=limits,
                             record=self._fetched, prefix=prefix,
                             already_there=before, left_out=self._left_out)
 
     def sandbox(self) -> dict[str, FileState]:
-        return merged_sandbox(self._same, self._fetched, self._limits)
+        if self._sandbox is None:
+            self._sandbox = merged_sandbox(self._same, self._fetched,
+                                           self._limits)
+        return self._sandbox
 
     def kept(self) -> set[str]:
         return (self._same.keys() - self._fetched.keys()) | self._left_out

@@ -69,10 +69,10 @@ class TmpRunner(Runner):
             with warm.run(stream, max_seconds=max_seconds) as done:
                 if done.result.timed_out or done.failure:
                     return RunResult.of(done.result, rejected=done.failure)
-                stream, same = files_back(done, before)
+                back, same = files_back(done, before)
                 fetched: dict[str, FileState] = {}
                 try:
-                    for _ in retar(stream, owner=NOBODY, record=fetched):
+                    for _ in retar(back, owner=NOBODY, record=fetched):
                         pass  # only the record of what is there is wanted
                     after = merged_sandbox(same, fetched, Limits())
                 except TarPipeError as error:
