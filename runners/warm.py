@@ -7,8 +7,13 @@ starts, and its main process (the *driver*, a shell script) waits on
 stdin. A run then costs one tar stream in and one out on the same
 socket, a few milliseconds:
 
-1. This side sends one line (the output caps and a random nonce), the
-   sandbox as a tar stream, and closes its half of the socket.
+0. Before it reads anything, the driver says `hello tarpipe list` (GNU
+   tar and GNU find are there) or `hello tarpipe all`; it is read when
+   the container starts, and a stocked container whose socket has since
+   ended (the engine restarted) is never handed out.
+1. This side sends one line (the output caps and a random nonce) and
+   the sandbox as a tar stream; for `all`, it then closes its half of
+   the socket (busybox tar reads to the end of its input).
 2. The driver unpacks it into /sandbox (`tar -x`), reports `start`, and
    runs `sh -c ./cyber-dojo.sh` there, stdin from /dev/null, stdout and
    stderr each through a FIFO to a reader that keeps the first cap+1
@@ -16,8 +21,12 @@ socket, a few milliseconds:
    fills memory nor blocks (or SIGPIPEs) the script.
 3. When the script has exited and its output has ended, the driver
    kills every process left (`kill -9 -1`: all of the container's
-   processes but its init and the driver), reports the `result` and
-   writes the sandbox as a tar stream on its stdout.
+   processes but its init and the driver) and reports the `result`.
+   For `all` it then writes the sandbox as a tar stream on its stdout.
+   For `list` it sends a `list` record (every entry's kind, mode, size
+   and exact mtime) and reads, NUL-terminated, the names to send, which
+   this side picks (`WarmRun.fetch`), then closes its half; the tar
+   stream of just those members follows.
 4. This side stops reading at that stream's end-of-archive block, and
    at the record saying whether `tar -c` succeeded: it never waits for
    the container to exit, which would cost about 40 ms more.
@@ -28,6 +37,8 @@ The driver's records go on the container's stderr, one header line each,
     untar  NONCE n\\n <n bytes>        tar -x failed (its stderr); the end
     start  NONCE\\n                    the sandbox is unpacked
     result NONCE status n m\\n <n bytes of stdout><m bytes of stderr>
+    list   NONCE 0 n\\n <n bytes>      the listing (`list` drivers); with
+                                      1 0, none: every file follows
     files  NONCE status n\\n <n bytes> after the tar stream: how tar -c ended
 
 The script runs as the driver's user, so it can write into the
@@ -128,9 +139,9 @@ _RECORD: Final = 10 * _KiB
 _MESSAGE_CAP: Final = 4 * _KiB
 # The tar stream may overtake the result on the socket (the engine
 # copies stdout and stderr separately): this much of it is kept.  At
-# 1 MiB a good run of a 3 MB sandbox was once refused under load.  The
-# real fix is to send the result record on stdout, ahead of the tar, so
-# that one channel orders them; until then, a bound generous enough.
+# 1 MiB a good run of a 3 MB sandbox was once refused under load.  A
+# listing driver sends no tar until it is asked, after its records, so
+# only busybox images need it; for them, a bound generous enough.
 _EARLY_CAP: Final = 16 * 1024 * _KiB
 _HEADER_CAP: Final = 128
 _ZERO_BLOCK: Final = bytes(BLOCK)
