@@ -229,13 +229,23 @@ def containers_of(client: docker.DockerClient, pid: int) -> list[str]:
 
 
 def remove_dead_childs(client: docker.DockerClient, pid: int) -> int:
-    """Remove the warm containers the killed child `pid` left; how many."""
-    ours = set(containers_of(client, pid))
-    dead = [i for i in dead_leftovers(client) if i in ours]
-    for container_id in dead:
-        remove_container(client, container_id)
+    """Remove the warm containers the killed child `pid` left; how many.
+
+    A create the child sent just before it died may still complete in
+    the engine after the first sweep, so a later sweep takes that too.
+    """
+    removed, deadline = 0, time.monotonic() + 3
+    while True:
+        ours = set(containers_of(client, pid))
+        dead = [i for i in dead_leftovers(client) if i in ours]
+        for container_id in dead:
+            remove_container(client, container_id)
+        removed += len(dead)
+        if not containers_of(client, pid) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert not containers_of(client, pid)
-    return len(dead)
+    return removed
 
 
 def kata_folder(client: docker.DockerClient, volume: str) -> list[str]:
