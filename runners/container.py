@@ -41,7 +41,6 @@ import requests
 from docker.models.containers import Container
 
 from .errors import ContainerError, EngineError, ImageNotFoundError
-from .images import require_image
 
 __all__ = [
     "MANAGED_LABEL",
@@ -51,6 +50,7 @@ __all__ = [
     "ContainerLimits",
     "ExecResult",
     "Sandbox",
+    "create_container",
     "exec_in",
     "exec_out",
     "leftover_containers",
@@ -245,13 +245,8 @@ class Sandbox:
 
     def start(self) -> None:
         """Create and start the container; remove it if starting fails."""
-        require_image(self.client, self.image)
-        with _engine("create a container from " + repr(self.image)):
-            try:
-                self._container = self.client.containers.create(
-                    self.image, _KEEP_ALIVE, **self._create_options())
-            except docker.errors.ImageNotFound:
-                raise ImageNotFoundError(self.image) from None
+        self._container = create_container(self.client, self.image,
+                                           _KEEP_ALIVE, self._create_options())
         try:
             with _engine(f"start container {self._container.short_id}"):
                 self._container.start()
@@ -428,6 +423,38 @@ def untar_command(path: str, *, gnu_tar: bool, as_root: bool) -> list[str]:
     # no-timestamp: mtimes before 1970 or in the future are wanted.
     return ["tar", "-x", "-f", "-", "-p", "--warning=no-timestamp",
             *owners, "-C", path]
+
+
+# The keywords of `containers.create` that go in the container's own
+# config; the others are its host config's (`create_host_config`).
+_CONFIG_KEYWORDS: Final = frozenset({
+    "environment", "labels", "name", "network_disabled", "stdin_open",
+    "tty", "user", "working_dir"})
+
+
+def create_container(client: docker.DockerClient, image: str,
+                     command: list[str], options: dict[str, Any]) -> Container:
+    """Create a container of `image` from `containers.create` keywords.
+
+    One request: `containers.create` inspects the container it made
+    (a second one), where the id is all a throw-away container needs.
+    The model returned knows only that id. Host folders are bound with
+    `volumes`, as there. Raises ImageNotFoundError, ContainerError or
+    EngineError.
+    """
+    config = {key: value for key, value in options.items()
+              if key in _CONFIG_KEYWORDS}
+    host = {key: value for key, value in options.items()
+            if key not in _CONFIG_KEYWORDS}
+    host["binds"] = host.pop("volumes", None)
+    with _engine(f"create a container from {image!r}"):
+        try:
+            made = client.api.create_container(
+                image, command,
+                host_config=client.api.create_host_config(**host), **config)
+        except docker.errors.ImageNotFound:
+            raise ImageNotFoundError(image) from None
+    return client.containers.prepare_model({"Id": made["Id"]})
 
 
 def remove_container(client: docker.DockerClient,

@@ -82,7 +82,13 @@ from ._base import (
     merged_sandbox,
     run_message,
 )
-from .container import MANAGED_LABEL, ROLE_LABEL, ContainerLimits, ExecResult
+from .container import (
+    MANAGED_LABEL,
+    ROLE_LABEL,
+    ContainerLimits,
+    ExecResult,
+    _engine,
+)
 from .errors import ContainerError
 from .history import (
     BRANCH,
@@ -182,7 +188,6 @@ class KatasDataContainerRunner(Runner):
     ) -> RunResult:
         """Run `cyber-dojo.sh` on the kata's sandbox; see the module."""
         visible = check_request(kata_id, files, max_seconds)
-        require_image(self.client, image)
         with self._locks.hold(kata_id):
             try:
                 return self._run(kata_id, image, visible, max_seconds)
@@ -225,14 +230,16 @@ class KatasDataContainerRunner(Runner):
     def _run(self, kata_id: str, image: str, visible: dict[str, bytes],
              max_seconds: float) -> RunResult:
         kata = f"{KATAS}/{kata_id}"
-        manifest = self._manifest(kata_id)
-        before: dict[str, FileState] = {}
-        sandbox = retar(self._write_visible_and_read(kata, visible, manifest),
-                        owner=NOBODY, limits=self.archive_limits,
-                        record=before)
-        token, rejected = secrets.token_hex(8), ""
+        # Taken first: a missing image is found out before the kata is
+        # written to.
         warm = self._pool.take(image)
         try:
+            manifest = self._manifest(kata_id)
+            before: dict[str, FileState] = {}
+            sandbox = retar(
+                self._write_visible_and_read(kata, visible, manifest),
+                owner=NOBODY, limits=self.archive_limits, record=before)
+            token, rejected = secrets.token_hex(8), ""
             with warm.run(sandbox, max_seconds=max_seconds) as done:
                 run, rejected = done.result, done.failure
                 if run.timed_out or rejected:
@@ -391,12 +398,15 @@ class KatasDataContainerRunner(Runner):
     def _start_data_container(self) -> str:
         require_image(self.client, self.data_image)
         name = f"{self.volume}-data"
-        try:
-            container = self.client.containers.get(name)
-        except docker.errors.NotFound:
-            container = self._create_data_container(name)
-        if container.status != "running":
-            container.start()
+        # An engine going down refuses with a 500 ("transport is closing")
+        # as well as by not answering: both are the runner's errors.
+        with _engine(f"start data container {name!r}"):
+            try:
+                container = self.client.containers.get(name)
+            except docker.errors.NotFound:
+                container = self._create_data_container(name)
+            if container.status != "running":
+                container.start()
         log.debug("data container %s holds volume %s", name, self.volume)
         return cast(str, container.id)
 

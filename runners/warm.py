@@ -105,10 +105,11 @@ from .container import (
     _frame_header,
     _frames,
     _read_exactly,
+    create_container,
     remove_container,
     untar_command,
 )
-from .errors import ContainerError, EngineError, ImageNotFoundError
+from .errors import ContainerError, EngineError
 
 __all__ = [
     "PIDNS_LABEL",
@@ -538,14 +539,9 @@ class WarmContainer:
         lists = self._sandbox.sandbox_mount is None
         command = ["sh", "-c", _driver_script(self._sandbox.uid == 0, lists),
                    "tarpipe-warm"]
-        with _engine(f"create a warm container from {self.image!r}"):
-            try:
-                return self.client.containers.create(
-                    self.image, command, stdin_open=True, tty=False,
-                    log_config=docker.types.LogConfig(type="none"),
-                    **options)
-            except docker.errors.ImageNotFound:
-                raise ImageNotFoundError(self.image) from None
+        options.update(stdin_open=True, tty=False,
+                       log_config=docker.types.LogConfig(type="none"))
+        return create_container(self.client, self.image, command, options)
 
     def _claim(self) -> _ExecSocket:
         if self._used:

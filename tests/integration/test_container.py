@@ -298,7 +298,7 @@ def test_no_network_but_loopback(gcc_box: Sandbox) -> None:
     assert result.status != 0
     assert b"Connection refused" in result.stderr
     # Not even attached to the engine's "none" network: no endpoint.
-    attrs = gcc_box.container.attrs
+    attrs = gcc_box.client.api.inspect_container(gcc_box.id)
     assert attrs["Config"]["NetworkDisabled"] is True
     assert not attrs["NetworkSettings"]["Networks"]
 

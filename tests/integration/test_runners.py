@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from docker.models.containers import Container
 
 from runners import (
     KatasDataContainerRunner,
@@ -25,7 +26,7 @@ from runners import (
     RunResult,
     TmpRunner,
 )
-from runners.errors import BadRequestError, ImageNotFoundError
+from runners.errors import BadRequestError, ImageNotFoundError, RunnerError
 from runners.images import BUSYBOX, GCC
 from tarpipe import NOBODY, Owner, UnsafeMemberError
 from tests.conftest import remove_katas_volume
@@ -329,6 +330,21 @@ def test_a_missing_image_is_named_in_the_error(
         runner.run("k", "no-such/image:0", {"cyber-dojo.sh": ""})
 
 
+def test_a_missing_image_leaves_a_kata_as_it_was(
+    katas_runner: Any, kata_id: str
+) -> None:
+    files = {"cyber-dojo.sh": "echo one > out\n"}
+    assert katas_runner.run(kata_id, BUSYBOX, files).status == 0
+    before = katas_runner.snapshot(kata_id)
+
+    with pytest.raises(ImageNotFoundError, match="no-such/image:0"):
+        katas_runner.run(kata_id, "no-such/image:0",
+                         {"cyber-dojo.sh": "echo two > out\n"})
+
+    assert katas_runner.snapshot(kata_id) == before
+    assert len(katas_runner.history(kata_id)) == 1
+
+
 def test_runs_of_one_kata_take_turns_and_other_katas_run_meanwhile(
     katas_runner: Any, kata_id: str
 ) -> None:
@@ -346,3 +362,28 @@ def test_runs_of_one_kata_take_turns_and_other_katas_run_meanwhile(
     first, second, other = spans
     assert first[1] <= second[0] or second[1] <= first[0], spans
     assert other[0] < max(first[1], second[1]), spans
+
+
+def test_a_data_container_the_engine_will_not_start_is_a_runner_error(
+    docker_client: docker.DockerClient, katas_volume: str, kata_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = {"cyber-dojo.sh": "echo fine\n"}
+    with KatasDataContainerRunner(katas_volume, docker_client) as runner:
+        assert runner.run(kata_id, BUSYBOX, files).stdout == "fine\n"
+    docker_client.containers.get(f"{katas_volume}-data").stop(timeout=0)
+
+    start = Container.start
+
+    def refused(self: Container, **kwargs: Any) -> None:
+        if self.attrs.get("Name") != f"/{katas_volume}-data":
+            return start(self, **kwargs)
+        # What an engine that is shutting down answers.
+        raise docker.errors.APIError("transport is closing: unavailable")
+
+    with KatasDataContainerRunner(katas_volume, docker_client) as runner:
+        with monkeypatch.context() as patched:
+            patched.setattr(Container, "start", refused)
+            with pytest.raises(RunnerError, match="start data container"):
+                runner.run(kata_id, BUSYBOX, files)
+        assert runner.run(kata_id, BUSYBOX, files).stdout == "fine\n"
