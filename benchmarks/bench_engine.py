@@ -4,12 +4,13 @@
                                       [--rounds N]
 
 Each round creates, starts and force-removes N busybox containers
-(`true`) on a pool of threads, once with the runners' own options
-(networking disabled: no endpoint at all) and once with the same options
-on the engine's `none` network instead, the two interleaved. It prints
-containers a second for each, their medians over the rounds, and the
-ratio. Under load the runners are bound by this rate: every run uses a
-container once. The `none` network half can hit the 20.10 engine's
+(`true`) on a pool of threads, three ways, interleaved: with the
+runners' own options (networking disabled, our seccomp profile); the
+same with the engine's default seccomp profile instead; and the same on
+the engine's `none` network instead. It prints containers a second for
+each, their medians over the rounds, and the ratios of ours to the
+others. Under load the runners are bound by this rate: every run uses a
+container once. The `none` network variant can hit the 20.10 engine's
 endpoint deadlock (moby/moby#46661); `bash .ci/setup` restarts a hung
 engine.
 """
@@ -25,22 +26,29 @@ from typing import Any
 
 import docker
 
-from runners.container import MANAGED_LABEL, ROLE_LABEL, Sandbox
+from runners.container import (
+    MANAGED_LABEL,
+    ROLE_LABEL,
+    ContainerLimits,
+    Sandbox,
+    create_container,
+)
 from runners.images import BUSYBOX
 
 ROLE = "bench-engine"
 
 
-def options(client: docker.DockerClient, *, disabled: bool) -> dict[str, Any]:
+def options(client: docker.DockerClient, limits: ContainerLimits, *,
+            disabled: bool) -> dict[str, Any]:
     """The runners' create options, networking disabled or on `none`."""
-    made = Sandbox(client, BUSYBOX)._create_options()
+    made = Sandbox(client, BUSYBOX, limits=limits)._create_options()
     made["labels"] = {MANAGED_LABEL: "1", ROLE_LABEL: ROLE}
     made["network_disabled"] = disabled
     return made
 
 
 def cycle(client: docker.DockerClient, made: dict[str, Any]) -> None:
-    container = client.containers.create(BUSYBOX, ["true"], **made)
+    container = create_container(client, BUSYBOX, ["true"], made)
     try:
         container.start()
     finally:
@@ -62,8 +70,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     client = docker.from_env(max_pool_size=args.threads * 2)
-    kinds = {"networking disabled (ours)": options(client, disabled=True),
-             "on the none network": options(client, disabled=False)}
+    ours, engine = ContainerLimits(), ContainerLimits(syscalls="engine")
+    kinds = {
+        "ours": options(client, ours, disabled=True),
+        "engine's default seccomp profile": options(client, engine,
+                                                    disabled=True),
+        "on the none network": options(client, ours, disabled=False),
+    }
     rates: dict[str, list[float]] = {name: [] for name in kinds}
     for round_number in range(1, args.rounds + 1):
         for name, made in kinds.items():
@@ -74,8 +87,8 @@ def main() -> int:
     medians = {name: statistics.median(found) for name, found in rates.items()}
     for name, median in medians.items():
         print(f"median, {name}: {median:.1f} containers/s")
-    ours, none = medians.values()
-    print(f"ratio ours / none network: {ours / none:.2f}")
+    for name, median in list(medians.items())[1:]:
+        print(f"ratio ours / {name}: {medians['ours'] / median:.2f}")
     left = client.containers.list(
         all=True, filters={"label": f"{ROLE_LABEL}={ROLE}"})
     for container in left:

@@ -41,6 +41,7 @@ import requests
 from docker.models.containers import Container
 
 from .errors import ContainerError, EngineError, ImageNotFoundError
+from .seccomp import SYSCALL_PROFILES, security_options
 
 __all__ = [
     "MANAGED_LABEL",
@@ -136,9 +137,19 @@ class ContainerLimits:
     tmp_bytes: int = 64 * MiB
     #: size of /dev/shm, which every container has, private to it
     shm_bytes: int = 16 * MiB
+    #: the system calls allowed: "tarpipe", our seccomp profile (x86_64
+    #: calls only, no io_uring: see `runners.seccomp`), or "engine", the
+    #: engine's default profile, for a kata that runs 32-bit binaries
+    syscalls: str = "tarpipe"
 
     def __post_init__(self) -> None:
+        if self.syscalls not in SYSCALL_PROFILES:
+            raise ValueError(f"ContainerLimits.syscalls must be one of "
+                             f"{', '.join(SYSCALL_PROFILES)}, not "
+                             f"{self.syscalls!r}")
         for name, value in vars(self).items():
+            if name == "syscalls":
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or value <= 0:
                 raise ValueError(f"ContainerLimits.{name} must be a positive "
@@ -394,7 +405,8 @@ class Sandbox:
             "nano_cpus": round(limits.cpus * 1e9),
             "shm_size": limits.shm_bytes,
             "ulimits": limits.ulimits(),
-            "security_opt": ["no-new-privileges"],
+            "security_opt": security_options(
+                self.client, own_profile=limits.syscalls == "tarpipe"),
             "cap_drop": ["ALL"],
             "cap_add": self.cap_add or None,
             "init": True,

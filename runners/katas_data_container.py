@@ -98,6 +98,7 @@ from .history import (
     loose_object_files,
 )
 from .images import GCC, require_image
+from .seccomp import security_options
 from .session import SessionPool
 from .warm import ContainerPool, WarmRun
 
@@ -418,7 +419,7 @@ class KatasDataContainerRunner(Runner):
                 network_disabled=True, network_mode="none",
                 read_only=True, init=True,
                 cap_drop=["ALL"], cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER"],
-                security_opt=["no-new-privileges"], user="0:0",
+                security_opt=security_options(self.client), user="0:0",
                 labels={MANAGED_LABEL: "1", ROLE_LABEL: "data"}, detach=True)
         except docker.errors.APIError as error:
             if error.status_code != 409:  # 409: made meanwhile by another

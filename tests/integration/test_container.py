@@ -357,6 +357,47 @@ def test_a_fork_bomb_is_stopped_by_the_pids_limit(
         assert box.run("echo fine", max_seconds=5).stdout == b"fine\n"
 
 
+# Calls the engine's default profile lets through and ours refuses: an
+# io_uring instance, and getpid (20) through the 32-bit ABI.
+_PROBE_C = r"""
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    char params[120] = {0};
+    long ring = syscall(__NR_io_uring_setup, 1, params);
+    long pid;
+    printf("io_uring %s\n", ring < 0 ? "refused" : "made");
+    fflush(stdout);
+    __asm__ volatile ("int $0x80" : "=a"(pid) : "a"(20L));
+    printf("i386 getpid %s\n", pid > 0 ? "answered" : "refused");
+    return 0;
+}
+"""
+_PROBE = f"cat > p.c <<'EOF'\n{_PROBE_C}EOF\ngcc -o p p.c && ./p"
+
+
+@pytest.mark.parametrize(("syscalls", "said", "status"), [
+    ("tarpipe", b"io_uring refused\n", 128 + 31),  # SIGSYS: a bad ABI
+    ("engine", b"io_uring made\ni386 getpid answered\n", 0),
+], ids=["ours", "engine-default"])
+def test_io_uring_and_32_bit_calls_are_refused(
+        docker_client: docker.DockerClient, syscalls: str, said: bytes,
+        status: int) -> None:
+    limits = ContainerLimits(syscalls=syscalls)
+    with Sandbox(docker_client, GCC, limits=limits) as box:
+        probe = box.run(_PROBE, max_seconds=30)
+
+    assert (probe.stdout, probe.status) == (said, status), probe.stderr
+
+
+def test_no_new_namespaces(busybox: Sandbox) -> None:
+    tried = busybox.run("for flag in -U -n -m -p; do unshare $flag true "
+                        "2>/dev/null; echo $?; done", max_seconds=5)
+
+    assert tried.stdout == b"1\n1\n1\n1\n"
+
+
 def test_a_memory_hog_is_killed_by_the_memory_limit(gcc_box: Sandbox) -> None:
     hog = gcc_box.run("""awk 'BEGIN { s = "x"; while (1) s = s s }'""",
                       max_seconds=20)
