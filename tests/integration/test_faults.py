@@ -276,6 +276,8 @@ def volume(docker_client: docker.DockerClient) -> Iterator[str]:
     remove_katas_volume(docker_client, name)
 
 
+# 65 to 100 s here, more on a busy host: the suite's 120 s is too tight.
+@pytest.mark.timeout(300)
 def test_a_runner_killed_mid_run_leaves_the_kata_whole(
     docker_client: docker.DockerClient, volume: str
 ) -> None:
