@@ -115,11 +115,14 @@ TAR_IN = ["tar", "-x", "--same-owner", "--numeric-owner",
 # Exit status of a data-container script that found the kata's branch
 # not where this runner's manifest said: another runner moved it.
 _STALE = 75
-# Script: remove every sandbox folder but the one `sandbox` links to: the
-# one a flip left behind, and any half-filled one of a failed bring-back
-# (a full volume, say), whose room the commit may need.
-_CLEAR_OLD = ('keep=$(readlink sandbox); for old in s.*; do '
-              '[ "$old" = "$keep" ] || rm -rf -- "$old"; done; ')
+# Script: remove every sandbox folder but the one `sandbox` links to (the
+# one a flip left behind, and any half-filled one of a failed bring-back,
+# a full volume say, whose room the commit may need) and every staged
+# history (`o.*`, see `_commit`), with one rm.
+_CLEAR_OLD = ('keep=$(readlink sandbox || true); set --; '
+              'for old in s.* o.*; do [ ! -e "$old" ] || '
+              '[ "$old" = "$keep" ] || set -- "$@" "$old"; done; '
+              '[ $# -eq 0 ] || rm -rf -- "$@"; ')
 GIT_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 
 
@@ -323,13 +326,18 @@ class KatasDataContainerRunner(Runner):
         here); then the run's folders again, so that their mtimes are
         set after those links; then the new history objects (blobs the
         last commit has are not sent again), and the new branch and
-        manifest.  The manifest comes last, so its arrival proves the
-        whole stream did (GNU tar takes an archive cut at a member's end
-        for a whole one).  Only then do the sandbox link, the branch and
-        the manifest each move by one rename, in that order; older
-        sandboxes are removed after.
+        manifest.  The history's files go into a staging folder
+        `o.STAGE`, never straight into `git/`: a stream cut inside an
+        object would leave a part of it there. The manifest comes last,
+        so its arrival proves the whole stream did (GNU tar takes an
+        archive cut at a member's end for a whole one).  Only then are
+        the staged objects hard-linked into `git/` (each whole, or not
+        there), and the sandbox link, the branch and the manifest each
+        moved by one rename, in that order; older sandboxes and staging
+        folders are removed after.
         """
         kata = f"{KATAS}/{kata_id}"
+        stage = f"o.{secrets.token_hex(8)}"
         parent = ObjectID(manifest.head.encode()) if manifest.head else None
         objects, commit_id = build_commit(
             visible, parent=parent, message=run_message(run),
@@ -348,11 +356,11 @@ class KatasDataContainerRunner(Runner):
                        if name in visible and state.kind == "file"}
             updated.append(_Manifest(commit_id.decode(), digests, blobs))
             branch = BRANCH.decode()
-            members = {f"git/{path}": data
+            members = {f"{stage}/git/{path}": data
                        for path, data in loose_object_files(new_objects).items()}
-            members["git/HEAD"] = b"ref: " + BRANCH + b"\n"
-            members["git/config"] = GIT_CONFIG
-            members[f"git/{branch}.new"] = commit_id + b"\n"
+            members[f"{stage}/git/HEAD"] = b"ref: " + BRANCH + b"\n"
+            members[f"{stage}/git/config"] = GIT_CONFIG
+            members[f"{stage}/git/{branch}.new"] = commit_id + b"\n"
             members["visible.json.new"] = updated[0].dump()
             files = pack_files(members, mtime_ns=self.clock(),
                                owner=self.owner, mode=0o444)
@@ -373,7 +381,8 @@ class KatasDataContainerRunner(Runner):
         script = (
             f"set -e; cd {kata}; {_still_at(manifest.head)}{_CLEAR_OLD}"
             f"rm -f visible.json.new; {folder}"
-            f"{shlex.join(TAR_IN)} .; test -f visible.json.new; {flip}"
+            f"{shlex.join(TAR_IN)} .; test -f visible.json.new; "
+            f"mkdir -p git; cp -Rlf {stage}/git/. git/; {flip}"
             f"mv -f git/{BRANCH.decode()}.new git/{BRANCH.decode()}; "
             f"mv -f visible.json.new visible.json; {_CLEAR_OLD}")
         self._manifests.pop(kata_id, None)
@@ -407,9 +416,31 @@ class KatasDataContainerRunner(Runner):
             except docker.errors.NotFound:
                 container = self._create_data_container(name)
             if container.status != "running":
-                container.start()
+                container = self._started(container, name)
         log.debug("data container %s holds volume %s", name, self.volume)
         return cast(str, container.id)
+
+    def _started(self, container: Container, name: str) -> Container:
+        """Start the stopped data container, or a new one in its place.
+
+        An engine killed while it started the container can leave that
+        container's runtime folder behind, and then refuse every start
+        of it ("failed to start shim: ... file exists"): it is removed
+        (the volume stays: it is named) and made again.
+        """
+        try:
+            container.start()
+            return container
+        except docker.errors.APIError as error:
+            if error.status_code != 500:
+                raise
+            log.warning("data container %s does not start (%s): making it "
+                        "again; volume %s stays", name,
+                        error.explanation or error, self.volume)
+        container.remove(force=True)
+        again = self._create_data_container(name)
+        again.start()
+        return again
 
     def _create_data_container(self, name: str) -> Container:
         try:

@@ -7,10 +7,15 @@ exactly which objects were rebuilt.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import secrets
+import tarfile
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import requests
 from docker.models.containers import Container
 
 from runners import (
@@ -25,10 +31,11 @@ from runners import (
     KatasVolumeRunner,
     RunResult,
     TmpRunner,
+    katas_data_container,
 )
 from runners.errors import BadRequestError, ImageNotFoundError, RunnerError
 from runners.images import BUSYBOX, GCC
-from tarpipe import NOBODY, Owner, UnsafeMemberError
+from tarpipe import NOBODY, Owner, TarStream, UnsafeMemberError, pack_files
 from tests.conftest import remove_katas_volume
 
 pytestmark = pytest.mark.docker
@@ -364,26 +371,114 @@ def test_runs_of_one_kata_take_turns_and_other_katas_run_meanwhile(
     assert other[0] < max(first[1], second[1]), spans
 
 
-def test_a_data_container_the_engine_will_not_start_is_a_runner_error(
+@pytest.mark.parametrize("refusals", [1, 100])
+def test_a_data_container_the_engine_will_not_start_is_made_again(
     docker_client: docker.DockerClient, katas_volume: str, kata_id: str,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refusals: int,
 ) -> None:
-    files = {"cyber-dojo.sh": "echo fine\n"}
+    """Refused once, it is made again; refused every time, a runner
+    error (and the next run, once the engine starts it, works)."""
+    kata_id = f"{kata_id}-{refusals}"  # the volume is the module's
+    files = {"cyber-dojo.sh": "echo $(cat count 2>/dev/null)x > count; "
+                              "cat count\n"}
+    name = f"{katas_volume}-data"
     with KatasDataContainerRunner(katas_volume, docker_client) as runner:
-        assert runner.run(kata_id, BUSYBOX, files).stdout == "fine\n"
-    docker_client.containers.get(f"{katas_volume}-data").stop(timeout=0)
+        assert runner.run(kata_id, BUSYBOX, files).stdout == "x\n"
+    first = docker_client.containers.get(name)
+    first.stop(timeout=0)
 
     start = Container.start
+    refused: list[str] = []
 
-    def refused(self: Container, **kwargs: Any) -> None:
-        if self.attrs.get("Name") != f"/{katas_volume}-data":
+    def refusing(self: Container, **kwargs: Any) -> None:
+        if self.attrs.get("Name") != f"/{name}" or len(refused) == refusals:
             return start(self, **kwargs)
-        # What an engine that is shutting down answers.
-        raise docker.errors.APIError("transport is closing: unavailable")
+        refused.append(str(self.id))
+        # What an engine that died while starting it answers after.
+        response = requests.Response()
+        response.status_code = 500
+        raise docker.errors.APIError(
+            "failed to start shim: mkdir ...: file exists",
+            response=response)
 
     with KatasDataContainerRunner(katas_volume, docker_client) as runner:
         with monkeypatch.context() as patched:
-            patched.setattr(Container, "start", refused)
-            with pytest.raises(RunnerError, match="start data container"):
-                runner.run(kata_id, BUSYBOX, files)
-        assert runner.run(kata_id, BUSYBOX, files).stdout == "fine\n"
+            patched.setattr(Container, "start", refusing)
+            if refusals == 1:  # made again at once
+                assert runner.run(kata_id, BUSYBOX, files).stdout == "xx\n"
+            else:
+                with pytest.raises(RunnerError, match="start data container"):
+                    runner.run(kata_id, BUSYBOX, files)
+        assert runner.run(kata_id, BUSYBOX, files).stdout.startswith("xx")
+    assert docker_client.containers.get(name).id != first.id
+    assert refused[0] == first.id
+
+
+def test_a_commit_cut_inside_an_object_leaves_no_part_of_it(
+    docker_client: docker.DockerClient, katas_volume: str, kata_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As when the runner is killed while the history's objects go by."""
+    files = {"cyber-dojo.sh": "echo one\n", "hiker.c": "int a = 1;\n"}
+    with KatasDataContainerRunner(katas_volume, docker_client) as runner:
+        assert runner.run(kata_id, BUSYBOX, files).stdout == "one\n"
+        before = runner.history(kata_id)
+
+    def cut(members: dict[str, bytes], **kwargs: Any) -> TarStream:
+        whole = b"".join(pack_files(members, **kwargs))
+        if not any("git/objects/" in name for name in members):
+            return TarStream(_chunks([whole[:-1024]]))
+        with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
+            biggest = max((member for member in archive
+                           if "git/objects/" in member.name), key=_size)
+
+        def members_then_a_kill() -> Generator[bytes, None, None]:
+            # Sent in frames of 256 KiB: the first has the object's header
+            # and some of its data, which tar writes out before the kill.
+            yield whole[:biggest.offset_data + biggest.size // 2]
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+
+        return TarStream(members_then_a_kill())
+
+    # About 700 KB as a git object: hex packs to about half.
+    big = {**files, "big.txt": secrets.token_hex(700 * 1024)}
+    with KatasDataContainerRunner(katas_volume, docker_client) as runner, \
+            monkeypatch.context() as patched, \
+            pytest.raises(KeyboardInterrupt):
+        patched.setattr(katas_data_container, "pack_files", cut)
+        runner.run(kata_id, BUSYBOX, big)
+
+    assert _broken_objects(docker_client, katas_volume, kata_id) == []
+    with KatasDataContainerRunner(katas_volume, docker_client) as runner:
+        assert runner.history(kata_id) == before
+        assert runner.run(kata_id, BUSYBOX, files).stdout == "one\n"
+        assert len(runner.history(kata_id)) == 2
+
+
+def _size(member: tarfile.TarInfo) -> int:
+    return member.size
+
+
+def _broken_objects(client: docker.DockerClient, volume: str,
+                    kata_id: str) -> list[str]:
+    """The kata's loose objects whose zlib stream does not end whole."""
+    data = client.containers.get(f"{volume}-data")
+    chunks, _ = data.get_archive(f"/katas/{kata_id}/git/objects")
+    broken = []
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            packed = archive.extractfile(member)
+            assert packed is not None
+            unzip = zlib.decompressobj()
+            with contextlib.suppress(zlib.error):
+                unzip.decompress(packed.read())
+            if not unzip.eof:
+                broken.append(member.name)
+    return broken
+
+
+def _chunks(chunks: list[bytes]) -> Generator[bytes, None, None]:
+    yield from chunks
