@@ -23,7 +23,10 @@ machine hits both alike:
   with `--quick`), the contenders' rounds interleaved; TmpRunner against
   the stateless baseline at the same concurrency. Targets: throughput not
   lower, median latency under load <= 0.5x, no failure, and no container
-  of ours left once the runners are closed.
+  of ours left once the runners are closed. A third contender, rounds
+  interleaved too, is the engine floor: our sandbox container created,
+  started (running `true`) and removed, with nothing sent or read; its
+  rate bounds any runner that uses a container a run.
 
 Our runners are called through their Python API, one object each for the
 whole benchmark, as a service would keep them; the baselines run the
@@ -67,7 +70,13 @@ import docker.errors
 from docker.models.containers import Container
 
 from runners import KatasDataContainerRunner, TmpRunner
-from runners.container import MANAGED_LABEL, PID_LABEL, ROLE_LABEL
+from runners.container import (
+    MANAGED_LABEL,
+    PID_LABEL,
+    ROLE_LABEL,
+    Sandbox,
+    create_container,
+)
 from runners.images import BUSYBOX, GCC
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +95,7 @@ TRIVIAL_FILES: dict[str, bytes] = {
 # What examples/c-kata's program prints when every step passed.
 C_PASSED = re.compile(r"^total (\d+), expected \1$", re.MULTILINE)
 DESCRIPTION = "Time the runners against cyber-dojo's stateless and 2016 ways."
+FLOOR = "engine floor: our container, create+start+remove"
 
 
 class Outcome(NamedTuple):
@@ -337,6 +347,7 @@ class Contenders:
         self.katas = KatasDataContainerRunner(self.volume, self.client)
         self.stateless = StatelessBaseline(self.label)
         self.tarpipe2016 = TarPipe2016Baseline(self.label, scratch)
+        self.bare_options = Sandbox(self.client, BUSYBOX)._create_options()
 
     def close(self) -> None:
         """Close the runners; the throw-away volume goes at `clean_up`."""
@@ -354,6 +365,17 @@ class Contenders:
             with suppress(docker.errors.NotFound):
                 container.remove(force=True)
         self.client.close()
+
+    def bare_container(self) -> Outcome:
+        """Create, start and remove one of our sandbox containers running
+        `true`, nothing attached: the engine's part of every run."""
+        container = create_container(self.client, BUSYBOX, ["true"],
+                                     self.bare_options)
+        try:
+            container.start()
+        finally:
+            self.client.api.remove_container(str(container.id), force=True)
+        return Outcome(0, "", "")
 
     def our_leftovers(self) -> list[str]:
         """Containers this process made through a runner, but the data one."""
@@ -513,6 +535,7 @@ def load(bench: Contenders, options: Options) -> list[Verdict]:
             lambda i: bench.stateless.run(BUSYBOX, files),
         "TmpRunner":
             lambda i: ours(bench.tmp, f"load{i}", BUSYBOX, files),
+        FLOOR: lambda i: bench.bare_container(),
     }
     rounds: dict[str, list[LoadRound]] = {name: [] for name in contenders}
     for _ in range(options.load_rounds):
@@ -525,7 +548,12 @@ def load(bench: Contenders, options: Options) -> list[Verdict]:
     report(f"4. load: {LOAD_CONCURRENCY} threads, {options.load_runs} "
            f"trivial runs a round, {options.load_rounds} round(s) each: "
            "TmpRunner vs stateless", tallies)
-    return load_verdicts(tallies, throughput)
+    verdicts = load_verdicts(tallies[:2], throughput[:2])
+    # What the engine allows at all: every run needs one container.
+    print(f"  engine floor: {throughput[2]:.2f} containers/s with nothing "
+          f"run in them; at that rate the latency ratio would be "
+          f"{throughput[0] / throughput[2]:.3f}")
+    return verdicts
 
 
 def merged(name: str, done: list[LoadRound]) -> Tally:
