@@ -24,6 +24,11 @@ ENCODING = "utf-8"
 ERRORS = "surrogateescape"
 
 _MTIME_TEXT = re.compile(r"(-?)([0-9]+)(?:\.([0-9]*))?")
+# The whole seconds a 64-bit time_t holds: a file cannot be stamped with
+# an mtime outside them, so a member carrying one is refused when read.
+_TIME_T_MIN = -(2**63)
+_TIME_T_MAX = 2**63 - 1
+_TIME_T_DIGITS = len(str(_TIME_T_MAX))
 # What tarfile writes in the ustar block before a member's PAX records.
 _NO_OWNER = Owner(0, 0)
 
@@ -54,19 +59,47 @@ def parse_mtime(text: str, member: str | None = None) -> int:
     """Nanoseconds from PAX `mtime` text; digits past the ninth are dropped."""
     match = _MTIME_TEXT.fullmatch(text.strip())
     if match is None:
-        raise ArchiveError(f"bad PAX mtime {text!r}", member)
+        raise ArchiveError(f"{_of(member)}bad PAX mtime {text!r}", member)
     sign, seconds, fraction = match.groups()
+    # More digits than any time_t has: refused before int() is asked to
+    # convert what may be 64 KiB of them.
+    if len(seconds.lstrip("0")) > _TIME_T_DIGITS:
+        raise _out_of_range(text.strip()[:40] + "...", member)
     nanos = int((fraction or "")[:9].ljust(9, "0"))
     value = int(seconds) * NS_PER_SECOND + nanos
-    return -value if sign else value
+    return _in_range(-value if sign else value, member)
 
 
 def mtime_ns_of(member: tarfile.TarInfo) -> int:
-    """A parsed member's mtime in nanoseconds, exact when PAX carried it."""
+    """A parsed member's mtime in nanoseconds, exact when PAX carried it.
+
+    An mtime no file can have (outside a 64-bit time_t) is an
+    `ArchiveError` naming the member.
+    """
     text = member.pax_headers.get("mtime")
     if text is not None:
         return parse_mtime(text, member.name)
-    return int(member.mtime) * NS_PER_SECOND
+    return _in_range(int(member.mtime) * NS_PER_SECOND, member.name)
+
+
+def fits_time_t(mtime_ns: int) -> bool:
+    """Whether a file can have `mtime_ns`: its seconds fit a 64-bit time_t."""
+    return _TIME_T_MIN <= mtime_ns // NS_PER_SECOND <= _TIME_T_MAX
+
+
+def _in_range(mtime_ns: int, member: str | None) -> int:
+    if not fits_time_t(mtime_ns):
+        raise _out_of_range(format_mtime(mtime_ns), member)
+    return mtime_ns
+
+
+def _out_of_range(shown: str, member: str | None) -> ArchiveError:
+    return ArchiveError(f"{_of(member)}mtime {shown} s is outside what a "
+                        "file can have (a 64-bit time_t)", member)
+
+
+def _of(member: str | None) -> str:
+    return "" if member is None else f"member {member!r}: "
 
 
 def member_header(

@@ -24,7 +24,7 @@ import stat
 from collections.abc import Generator, Iterator, Mapping
 from typing import Final
 
-from ._header import Kind, member_header, padding
+from ._header import Kind, fits_time_t, member_header, padding
 from ._stream import TarStream
 from .errors import LimitExceededError, TarPipeError, UnsafeMemberError
 from .filediff import FileState
@@ -77,7 +77,7 @@ def pack_dir(
     `FileState` for every member (SHA-256 of each file's bytes).
     """
     if mtime_ns is not None:
-        _check_int("mtime_ns", mtime_ns)
+        _check_mtime(mtime_ns)
     root = os.fsencode(path)
     if not stat.S_ISDIR(os.stat(root).st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
@@ -278,7 +278,7 @@ def pack_files(
     str raises `TypeError`.  `record`, when given, is filled as the
     stream is read.
     """
-    _check_int("mtime_ns", mtime_ns)
+    _check_mtime(mtime_ns)
     contents = {_checked_name(name): _content(name, value)
                 for name, value in files.items()}
     directories = _parent_directories(contents)
@@ -420,6 +420,13 @@ def _check_mode(what: str, value: int) -> None:
 def _check_int(what: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{what} must be an int, not {value!r}")
+
+
+def _check_mtime(value: object) -> None:
+    _check_int("mtime_ns", value)
+    if isinstance(value, int) and not fits_time_t(value):
+        raise ValueError(f"mtime_ns {value} is outside a 64-bit time_t: "
+                         "no file can have it")
 
 
 def _sort_key(member: str) -> list[bytes]:

@@ -47,6 +47,13 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", *,
     return header + data + padding(len(data))
 
 
+def far_mtime_gnu(name: str) -> bytes:
+    """A GNU member whose base-256 mtime is 2**70 s: past any time_t."""
+    info = tarfile.TarInfo(name)
+    info.mtime = 2**70
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
 def archive(*members: bytes) -> bytes:
     return b"".join(members) + END_OF_ARCHIVE
 
@@ -228,6 +235,16 @@ CASES = [
     Case("truncated before the end blocks", TWO_FILES[:-len(END_OF_ARCHIVE)],
          "truncated", "b"),
     Case("empty stream", b"", "truncated", None),
+    Case("PAX mtime past time_t", archive(file("t", pax={"mtime": "1" * 20})),
+         "outside what a file can have", "t"),
+    Case("PAX mtime before time_t",
+         archive(file("t", pax={"mtime": "-9223372036854775809.5"})),
+         "outside what a file can have", "t"),
+    Case("PAX mtime of 60,000 digits",
+         archive(file("t", pax={"mtime": "9" * 60_000})),
+         "outside what a file can have", "t"),
+    Case("base-256 mtime past time_t", archive(far_mtime_gnu("t")),
+         "outside what a file can have", "t"),
     Case("corrupt header", corrupt_second_header(), "corrupt", "a"),
     Case("too many members", archive(*(file(f"f{i}") for i in range(4))),
          "max_members exceeded", "f3", limits=Limits(max_members=3)),

@@ -502,6 +502,24 @@ def test_time_is_a_required_int() -> None:
         pack_files({"f": ""}, mtime_ns=1.5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("mtime_ns", [2**63 * NS, -(2**63 + 1) * NS])
+def test_an_mtime_no_file_can_have_is_refused_at_once(tree: Path,
+                                                       mtime_ns: int) -> None:
+    with pytest.raises(ValueError, match="64-bit time_t"):
+        pack_files({"f": ""}, mtime_ns=mtime_ns)
+    with pytest.raises(ValueError, match="64-bit time_t"):
+        pack_dir(tree, mtime_ns=mtime_ns)
+
+
+def test_the_widest_mtimes_a_file_can_have_go_through() -> None:
+    # The ends of a 64-bit time_t: the archive carries them, and they are
+    # read back the same, though no file system here stores them.
+    for mtime_ns in (2**63 * NS - 1, -(2**63) * NS):
+        data = b"".join(pack_files({"f": ""}, mtime_ns=mtime_ns))
+        assert {mtime_ns_of(info) for info, _ in read_members([data])} == {
+            mtime_ns}
+
+
 # -- interoperability with GNU tar -------------------------------------
 
 needs_gnu_tar = pytest.mark.skipif(shutil.which("tar") is None,
