@@ -259,13 +259,25 @@ class StatelessBaseline:
                 command, input=gzipped_tar(files), capture_output=True,
                 timeout=MAX_SECONDS, check=False, env=self._env())
         except subprocess.TimeoutExpired:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True,
-                           check=False)
+            self._remove(name)
             return Outcome(None, "", "")
         if done.returncode != 0:
             raise BaselineError(f"stateless.sh: status {done.returncode}: "
                                 f"{done.stderr.decode()[-300:]}")
         return self._outcome(done.stdout, files)
+
+    @staticmethod
+    def _remove(name: str) -> None:
+        # Bounded too: an engine that has hung (the 20.10 engine's
+        # endpoint deadlock, moby/moby#46661, has hit this scenario here)
+        # makes this run a failure rather than the benchmark a hang.
+        try:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True,
+                           timeout=MAX_SECONDS, check=False)
+        except subprocess.TimeoutExpired:
+            raise BaselineError(f"docker rm -f {name}: no answer in "
+                                f"{MAX_SECONDS} s; has the engine hung?"
+                                ) from None
 
     def _outcome(self, tgz: bytes, files_in: Mapping[str, bytes]) -> Outcome:
         out = files_in_tgz(tgz)
