@@ -427,3 +427,56 @@ def test_refusal_is_an_unsafe_member_error_with_its_parts(
 
     assert (caught.value.member, caught.value.rule) == ("../x",
                                                         "'..' component")
+
+
+class HundredThousandMembers:
+    """100,000 one-byte files under `m/`, made as they are read.
+
+    Never held whole (it is 100 MB); `made` counts the members handed
+    out, to show a refusal comes without reading the rest.
+    """
+
+    count = 100_000
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for number in range(self.count):
+            info = tarfile.TarInfo(f"m/{number:06d}")
+            info.size = 1
+            info.mtime = MTIME_NS // 10**9
+            self.made += 1
+            yield info.tobuf(tarfile.USTAR_FORMAT) + b"x" + padding(1)
+        yield END_OF_ARCHIVE
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_hundred_thousand_members_are_refused_at_the_limit(
+        land: Path, replace: bool) -> None:
+    limit = Limits().max_members
+    members = HundredThousandMembers()
+    before = snapshot(land / "dest"), outside_of_dest(land)
+
+    with pytest.raises(LimitExceededError,
+                       match="max_members exceeded") as caught:
+        unpack_into(members, land / "dest", replace=replace)
+
+    assert caught.value.member is not None
+    assert caught.value.member.startswith("m/")
+    # Refused at the limit (the folder `m` counts as one), not at the end.
+    assert limit - 1 <= members.made <= limit + 100
+    assert outside_of_dest(land) == before[1]
+    if replace:
+        assert snapshot(land / "dest") == before[0]
+        assert staging_left(land) == []
+
+
+def test_retar_refuses_a_hundred_thousand_members_at_the_limit() -> None:
+    members = HundredThousandMembers()
+
+    with pytest.raises(LimitExceededError, match="max_members exceeded"):
+        for _ in retar(members, owner=NOBODY):
+            pass
+
+    assert members.made <= Limits().max_members + 100
