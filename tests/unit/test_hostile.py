@@ -135,6 +135,15 @@ CASES = [
          "a/../../x"),
     Case("dotdot that stays inside", archive(file("a/../b")),
          "'..' component", "a/../b"),
+    # Names that are not UTF-8 travel as their bytes (surrogate escapes
+    # here); the rules still see the components between them.
+    Case("non-UTF-8 name with dotdot", archive(file("\udcff/../x")),
+         "'..' component", "\udcff/../x"),
+    Case("non-UTF-8 absolute path", archive(file("/\udcfe\udcff")),
+         "absolute path", "/\udcfe\udcff"),
+    Case("non-UTF-8 GNU long name with dotdot",
+         archive(file("\udcc0" * 120 + "/../x", fmt=tarfile.GNU_FORMAT)),
+         "'..' component", "\udcc0" * 120 + "/../x"),
     Case("PAX path override", archive(file("x", pax={"path": "../x"})),
          "'..' component", "../x"),
     Case("PAX path of a slash", archive(file("x", pax={"path": "/"})),
@@ -480,3 +489,16 @@ def test_retar_refuses_a_hundred_thousand_members_at_the_limit() -> None:
             pass
 
     assert members.made <= Limits().max_members + 100
+
+
+def test_an_overlong_dotdot_is_a_name_not_a_way_out(land: Path) -> None:
+    # 0xC0 0xAE is an overlong (invalid) UTF-8 '.': to the kernel these
+    # are just bytes, a folder of that name inside the destination.
+    name = os.fsdecode(b"\xc0\xae\xc0\xae") + "/x"
+    before = outside_of_dest(land)
+
+    unpack_into([archive(file(name))], land / "dest")
+
+    assert os.listdir(os.fsencode(land / "dest" / os.fsdecode(
+        b"\xc0\xae\xc0\xae"))) == [b"x"]
+    assert outside_of_dest(land) == before
