@@ -89,6 +89,9 @@ class KatasVolumeRunner(Runner):
     ) -> RunResult:
         """Write the changed visible files, run, commit; see the module."""
         visible = check_request(kata_id, files, max_seconds)
+        # Asked here, unlike the other runners (whose pool finds a missing
+        # image out): the visible files are written before the container
+        # is made, and a missing image must leave the kata as it was.
         require_image(self.client, image)
         with self._locks.hold(kata_id), self._file_lock(kata_id):
             return self._run(kata_id, image, visible, max_seconds)

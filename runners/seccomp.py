@@ -17,10 +17,12 @@ is an allow-list too, and tighter:
   ENOSYS so that libc falls back to `clone`), no kernel keyring, no
   eBPF, no perf events, no userfaultfd, no modules, no clock setting.
 
-Compiled for one ABI instead of three, it is also cheaper: runc's share
+Compiled for one ABI instead of three, it costs runc less: runc's share
 of a container's start fell from about 15% of the machine's CPU to 9%
-under load (perf), and the engine's create-start-remove cycle ran 1.07
-times as fast here (`benchmarks/bench_engine.py`, a noisy 2-core host).
+under load (perf). The engine's whole create-start-remove cycle is not
+measurably faster for it: `benchmarks/bench_engine.py` gave 1.07 times
+the default's rate one day and 0.94 the next, both within the rounds'
+spread on this noisy 2-core host.
 
 `security_options` picks it for an engine on x86_64 and leaves another
 engine's default alone (the list names x86_64 calls).
