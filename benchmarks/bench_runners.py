@@ -65,18 +65,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import bench_engine  # beside this file, on sys.path when it runs
 import docker
 import docker.errors
 from docker.models.containers import Container
 
 from runners import KatasDataContainerRunner, TmpRunner
-from runners.container import (
-    MANAGED_LABEL,
-    PID_LABEL,
-    ROLE_LABEL,
-    Sandbox,
-    create_container,
-)
+from runners.container import MANAGED_LABEL, PID_LABEL, ROLE_LABEL, Sandbox
 from runners.images import BUSYBOX, GCC
 
 HERE = Path(__file__).resolve().parent
@@ -381,12 +376,7 @@ class Contenders:
     def bare_container(self) -> Outcome:
         """Create, start and remove one of our sandbox containers running
         `true`, nothing attached: the engine's part of every run."""
-        container = create_container(self.client, BUSYBOX, ["true"],
-                                     self.bare_options)
-        try:
-            container.start()
-        finally:
-            self.client.api.remove_container(str(container.id), force=True)
+        bench_engine.cycle(self.client, self.bare_options)
         return Outcome(0, "", "")
 
     def our_leftovers(self) -> list[str]:
